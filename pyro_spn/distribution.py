@@ -1,0 +1,293 @@
+"""``SPNDistribution``: a :class:`RatSPN` as a Pyro distribution with a differentiable sampler.
+
+The adapter is thin and exact: ``log_prob`` is the circuit's upward pass, ``sample`` its exact
+top-down pass, ``rsample`` the differentiable top-down pass of the paper (Gumbel-Softmax selections at
+every sum unit, smooth interpolation of child samples, reparameterized leaves).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Number
+
+import torch
+from pyro.distributions import TorchDistribution
+from torch import Tensor
+from torch.distributions import constraints
+
+from .spn import INTERPOLATIONS, Interpolation, RatSPN
+
+
+def _check_temperature(temperature: Tensor | float) -> Tensor:
+    if isinstance(temperature, bool) or not isinstance(temperature, (Number, Tensor)):
+        raise TypeError(f"temperature must be a positive float or a scalar tensor, got {temperature!r}")
+    tau = torch.as_tensor(temperature, dtype=torch.get_default_dtype()) if isinstance(temperature, Number) \
+        else temperature
+    if tau.numel() != 1:
+        raise ValueError(f"temperature must be a scalar, got a tensor of shape {tuple(tau.shape)}")
+    if not bool(torch.isfinite(tau.detach()).all()) or not bool((tau.detach() > 0).all()):
+        raise ValueError(f"temperature must be finite and > 0, got {float(tau.detach())!r}")
+    return tau.reshape(())
+
+
+class _SPNShapes:
+    """Shape helpers shared by :class:`SPNDistribution` and :class:`ConditionalSPNDistribution`."""
+
+    spn: RatSPN
+    event_shape: torch.Size
+    batch_shape: torch.Size
+    _validate_args: bool
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return constraints.independent(self.spn.leaf.support, len(self.spn.event_shape))
+
+    def _check_value(self, value: Tensor, allow_nan: bool) -> None:
+        """Raises ``ValueError`` naming ``value`` for a wrong shape or values outside the support."""
+        if not isinstance(value, Tensor):
+            raise ValueError(f"value must be a torch.Tensor, got {type(value).__name__}")
+        event_dim = len(self.event_shape)
+        if value.dim() < event_dim or value.shape[value.dim() - event_dim:] != self.event_shape:
+            raise ValueError(
+                f"value: expected shape [..., {', '.join(map(str, self.event_shape))}] "
+                f"(event_shape {tuple(self.event_shape)}), got {tuple(value.shape)}"
+            )
+        try:
+            torch.broadcast_shapes(value.shape[: value.dim() - event_dim], self.batch_shape)
+        except RuntimeError as error:
+            raise ValueError(
+                f"value: batch dims {tuple(value.shape[: value.dim() - event_dim])} do not broadcast with "
+                f"batch_shape {tuple(self.batch_shape)}"
+            ) from error
+        if not self._validate_args:
+            return
+        missing = torch.isnan(value)
+        if missing.any() and not allow_nan:
+            raise ValueError("value: NaN entries are only allowed where missing data is expected")
+        inside = self.spn.leaf.support.check(torch.where(missing, torch.zeros_like(value), value))
+        if not bool(inside.all()):
+            bad = value[~inside].flatten()[:3].tolist()
+            raise ValueError(
+                f"value: entries outside the support {self.spn.leaf.support} (NaN marks a missing entry), "
+                f"e.g. {bad}"
+            )
+
+    def _flat(self, value: Tensor) -> tuple[Tensor, torch.Size]:
+        """``[*B, *event_shape]`` → ``([prod(B), *event_shape], B)``."""
+        batch = value.shape[: value.dim() - len(self.event_shape)]
+        return value.reshape((-1,) + tuple(self.event_shape)), batch
+
+
+class SPNDistribution(_SPNShapes, TorchDistribution):
+    r"""A sum-product network as a Pyro distribution over its data, with a differentiable sampler.
+
+    ``event_shape`` is the data shape the circuit was built for (``(F,)`` or ``(C, H, W)``);
+    ``batch_shape`` is ``()`` unless :meth:`expand` ed (as ``pyro.plate`` does). The circuit's
+    parameters are the distribution's parameters: train them with any loss, from ``log_prob`` (exact
+    likelihood) or from ``rsample`` (samples).
+
+    This distribution has the following properties:
+
+    - :meth:`log_prob` is exact; NaN entries of the value are marginalized out.
+    - :meth:`sample` is exact ancestral sampling, without gradient.
+    - :meth:`rsample` is the differentiable sampler of the paper: every sum unit draws a
+      Gumbel-Softmax selection ``softmax((log w + g) / τ)`` over its children and the child samples are
+      smoothly interpolated; leaves are reparameterized (Binomial through its Gaussian approximation).
+
+      * With ``hard=True`` (the default) it is a *straight-through* estimator: the samples returned are
+        exact samples of the circuit (every choice is the Gumbel-max draw, every leaf value an exact draw
+        inside the support), and in the backward pass the gradient is that of the relaxed sample (soft
+        selections, reparameterized leaves). ``log_prob`` of these samples is therefore the density of
+        what was drawn, which keeps ``pyro.sample``, guides and ELBOs correct; the gradient is biased, as
+        every straight-through gradient is.
+      * With ``hard=False`` it returns the relaxed samples themselves (the paper's soft child
+        interpolation), which sample-based objectives (adversarial, MMD, auto-encoding) use. These are
+        *not* samples of the circuit's distribution for ``τ > 0`` and may lie outside its support, so do
+        not score them with ``log_prob``.
+
+    Args:
+        spn: the circuit.
+        temperature: ``τ > 0``, a float or a scalar tensor (which may require grad: a learned
+            temperature). It divides the perturbed logits; small ``τ`` → nearly one-hot selections.
+        hard: straight-through (``True``) or soft (``False``) differentiable samples.
+        interpolation: ``"unit"``: every sum unit draws its own Gumbel vector and a region's selection is
+            the selection-weighted sum of its units' (the paper's method); ``"region"``: a region draws
+            once from its units' logits blended by the selection arriving from above (``K``× cheaper; the
+            same for one-hot selections, a different relaxation for soft ones).
+        validate_args: check values passed to :meth:`log_prob` (shape and support).
+
+    References:
+
+    [1] Lang, Mundt, Ramos, Peharz, Kersting: Elevating Perceptual Sample Quality in Probabilistic
+        Circuits through Differentiable Sampling.
+    [2] Jang, Gu, Poole: Categorical Reparameterization with Gumbel-Softmax.
+    """
+
+    arg_constraints = {"temperature": constraints.positive}
+    has_rsample = True
+
+    def __init__(self, spn: RatSPN, temperature: Tensor | float = 1.0, hard: bool = True,
+                 interpolation: Interpolation = "unit", validate_args: bool | None = None) -> None:
+        if not isinstance(spn, RatSPN):
+            raise TypeError(f"spn must be a pyro_spn.RatSPN, got {type(spn).__name__}")
+        if not isinstance(hard, bool):
+            raise TypeError(f"hard must be True or False, got {hard!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        self.spn = spn
+        self.temperature = _check_temperature(temperature)
+        self.hard = hard
+        self.interpolation = interpolation
+        super().__init__(torch.Size(), torch.Size(spn.event_shape), validate_args=validate_args)
+
+    def expand(self, batch_shape: Sequence[int], _instance: SPNDistribution | None = None) -> SPNDistribution:
+        new = self._get_checked_instance(SPNDistribution, _instance)
+        new.spn = self.spn
+        new.temperature = self.temperature
+        new.hard = self.hard
+        new.interpolation = self.interpolation
+        super(SPNDistribution, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @classmethod
+    def infer_shapes(cls, spn: Sequence[int] = (), temperature: Sequence[int] = ()) -> tuple[torch.Size, torch.Size]:
+        """``(batch_shape, event_shape)`` of an ``SPNDistribution`` whose circuit has
+        ``event_shape == spn`` (the circuit's shape stands in for the circuit): ``((), spn)``."""
+        if tuple(temperature) != ():
+            raise ValueError(f"temperature must be a scalar, got shape {tuple(temperature)}")
+        return torch.Size(), torch.Size(spn)
+
+    # -- likelihood -------------------------------------------------------------------------------------
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Exact log-density (log-mass for discrete leaves).
+
+        Args:
+            value: ``[*S, *batch_shape, *event_shape]`` (batch dims broadcast); NaN entries are
+                marginalized.
+
+        Returns:
+            ``[*S, *batch_shape]``.
+        """
+        self._check_value(value, allow_nan=True)
+        flat, batch = self._flat(value)
+        log_prob = self.spn(flat).reshape(batch)
+        return log_prob.expand(torch.broadcast_shapes(batch, self.batch_shape))
+
+    # -- sampling ---------------------------------------------------------------------------------------
+    def _draw(self, sample_shape: Sequence[int], rule: str, interpolation: Interpolation) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        num = math.prod(shape[: len(shape) - len(self.event_shape)])
+        return self.spn.sample(num, rule, self.temperature, interpolation).reshape(shape)
+
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        """Exact samples ``[*sample_shape, *batch_shape, *event_shape]``, without gradient."""
+        with torch.no_grad():
+            return self._draw(sample_shape, "hard", "region")
+
+    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        """Differentiable samples ``[*sample_shape, *batch_shape, *event_shape]``: straight-through
+        (exact values) for ``hard=True``, relaxed for ``hard=False``."""
+        return self._draw(sample_shape, "straight_through" if self.hard else "soft", self.interpolation)
+
+    @property
+    def mean(self) -> Tensor:
+        """The exact mean ``[*batch_shape, *event_shape]`` (one top-down pass of expectations)."""
+        mean = self.spn.sample(1, "expected")[0]
+        return mean.expand(self.batch_shape + self.event_shape)
+
+    # -- conditioning -----------------------------------------------------------------------------------
+    def condition(self, evidence: Tensor) -> ConditionalSPNDistribution:
+        """The distribution of the missing (NaN) entries of ``evidence`` given its observed entries.
+
+        Args:
+            evidence: ``[*B, *event_shape]`` with NaN where a value is unknown.
+
+        Returns:
+            A distribution with ``batch_shape == B`` over complete values ``[*B, *event_shape]``: its
+            samples keep the observed entries and fill in the missing ones; its ``log_prob`` is the exact
+            conditional log-density of the missing entries.
+        """
+        self._check_value(evidence, allow_nan=True)
+        return ConditionalSPNDistribution(self, evidence)
+
+    def mpe(self, evidence: Tensor, return_log_prob: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Most probable completion of the missing (NaN) entries of ``evidence`` (max-product).
+
+        Args:
+            evidence: ``[*B, *event_shape]``; pass all-NaN for the unconditional MPE.
+            return_log_prob: also return the max-product value ``[*B]``: the log-density of the most
+                probable joint state of the data and the circuit's latent choices.
+
+        Returns:
+            The completion ``[*B, *event_shape]`` (observed entries unchanged), and the value if asked.
+        """
+        self._check_value(evidence, allow_nan=True)
+        flat, batch = self._flat(evidence)
+        completion, value = self.spn.mpe(flat)
+        completion = completion.reshape(evidence.shape)
+        return (completion, value.reshape(batch)) if return_log_prob else completion
+
+
+class ConditionalSPNDistribution(_SPNShapes, TorchDistribution):
+    """The distribution of the missing entries of ``evidence`` under an :class:`SPNDistribution`.
+
+    Values are complete data ``[*S, *batch_shape, *event_shape]``; the observed entries of the evidence
+    are fixed. Create it with :meth:`SPNDistribution.condition`.
+
+    Every sum node's choice is drawn from its posterior given the evidence (``∝ w · child likelihood``),
+    the repetition mixing included; the sampling rule (straight-through or soft, temperature,
+    interpolation) is the parent's.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = True
+
+    def __init__(self, parent: SPNDistribution, evidence: Tensor, validate_args: bool | None = None) -> None:
+        self.parent = parent
+        self.spn = parent.spn
+        self.evidence = evidence
+        event_dim = len(parent.event_shape)
+        batch_shape = evidence.shape[: evidence.dim() - event_dim]
+        super().__init__(batch_shape, parent.event_shape,
+                         validate_args=parent._validate_args if validate_args is None else validate_args)
+
+    def expand(self, batch_shape: Sequence[int], _instance=None) -> ConditionalSPNDistribution:
+        evidence = self.evidence.expand(torch.Size(batch_shape) + self.event_shape)
+        return ConditionalSPNDistribution(self.parent, evidence, validate_args=self._validate_args)
+
+    def _draw(self, sample_shape: Sequence[int], rule: str, interpolation: Interpolation) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        flat, _ = self._flat(self.evidence)
+        repeated = flat.expand(sample_shape + flat.shape).reshape((-1,) + tuple(self.event_shape))
+        draws = self.spn.sample(repeated.shape[0], rule, self.parent.temperature, interpolation, evidence=repeated)
+        return draws.reshape(self._extended_shape(sample_shape))
+
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        """Exact conditional samples ``[*sample_shape, *batch_shape, *event_shape]``, no gradient."""
+        with torch.no_grad():
+            return self._draw(sample_shape, "hard", "region")
+
+    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
+        """Differentiable conditional samples (the parent's ``hard`` and ``interpolation``)."""
+        rule = "straight_through" if self.parent.hard else "soft"
+        return self._draw(sample_shape, rule, self.parent.interpolation)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """``log p(x_missing | x_observed)``, the missing entries read from ``value``
+        ``[*S, *batch_shape, *event_shape]`` (its observed entries are ignored); returns ``[*S, *batch_shape]``."""
+        self._check_value(value, allow_nan=False)
+        evidence = self.evidence.expand(torch.broadcast_shapes(value.shape, self.evidence.shape))
+        complete = torch.where(torch.isnan(evidence), value.expand_as(evidence), evidence)
+        flat_complete, batch = self._flat(complete)
+        flat_evidence, _ = self._flat(self.evidence)
+        joint = self.spn(flat_complete).reshape(batch)
+        marginal = self.spn(flat_evidence).reshape(self.batch_shape)
+        return joint - marginal
+
+    @property
+    def mean(self) -> Tensor:
+        """The exact conditional mean ``[*batch_shape, *event_shape]`` (observed entries unchanged)."""
+        flat, _ = self._flat(self.evidence)
+        return self.spn.sample(flat.shape[0], "expected", evidence=flat).reshape(self.evidence.shape)
