@@ -210,6 +210,8 @@ class RatSPN(nn.Module):
             ``[N, R, 2^D, I]``: the selection reaching every leaf component (one-hot over ``(r, i)`` for
             one-hot rules; summing to 1 over ``(r, i)`` per leaf region's variables).
         """
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
         root_logits = self.root.log_weights().expand(num_samples, self.num_repetitions)
         if upward is not None:
             root_logits = root_logits + upward.repetition_log_likelihood
@@ -223,14 +225,12 @@ class RatSPN(nn.Module):
                 if pair_ll is not None:
                     logits = logits + pair_ll[:, :, :, None, :]
                 pairs = torch.einsum("nrlk,nrlkq->nrlq", s, select(logits, rule, temperature))
-            elif interpolation == "region":
+            else:
                 mass = s.sum(-1, keepdim=True)  # [N, R, L, 1]
                 logits = torch.einsum("nrlk,rlkq->nrlq", s / mass.clamp_min(torch.finfo(s.dtype).tiny), log_w)
                 if pair_ll is not None:
                     logits = logits + pair_ll
                 pairs = mass * select(logits, rule, temperature)
-            else:
-                raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
             pairs = pairs.unflatten(-1, (layer.num_inputs, layer.num_inputs))
             s = torch.stack([pairs.sum(-1), pairs.sum(-2)], dim=3).flatten(2, 3)  # [N, R, 2L, K_in]
         return s
@@ -239,6 +239,16 @@ class RatSPN(nn.Module):
         """``[N, R, L, I]`` leaf-region selections → ``[N, F, I, R]`` per-variable selections."""
         repetition = torch.arange(self.num_repetitions, device=leaf_selection.device)[:, None]
         return leaf_selection[:, repetition, self.variable_region].permute(0, 2, 3, 1)
+
+    def _selected_index(self, leaf_selection: Tensor) -> Tensor:
+        """For one-hot ``[N, R, L, I]`` leaf selections: the selected component of every variable as a
+        flat index ``i * R + r`` into ``I·R``, shape ``[N, F]``."""
+        selection = leaf_selection.detach()
+        repetition = selection.sum((2, 3)).argmax(1)  # [N]
+        samples = torch.arange(selection.shape[0], device=selection.device)
+        unit = selection[samples, repetition].argmax(-1)  # [N, L]
+        component = unit.gather(1, self.variable_region[repetition])  # [N, F]
+        return component * self.num_repetitions + repetition[:, None]
 
     def _selected_params(self, index: Tensor) -> Params:
         """Parameters of the selected component of every variable; ``index [N, F]`` into ``I·R``."""
@@ -263,16 +273,16 @@ class RatSPN(nn.Module):
         Returns:
             ``[N, C, F]``.
         """
-        a = self._variable_selection(leaf_selection)  # [N, F, I, R]
-        num_samples = a.shape[0]
+        num_samples = leaf_selection.shape[0]
         if rule in ONE_HOT_RULES:
-            index = a.detach().flatten(2).argmax(-1)  # [N, F]
+            index = self._selected_index(leaf_selection)  # [N, F]
             selected = self._selected_params(index)
             if rule == "argmax":
                 return self.leaf.mode_params(selected)
             value = self.leaf.sample_params(selected)
             if rule == "hard":
                 return value
+            a = self._variable_selection(leaf_selection)  # [N, F, I, R]
             all_params = {k: p.expand((num_samples,) + p.shape) for k, p in self.leaf.params().items()}
             relaxed = self.leaf.relaxed_params(all_params, temperature)  # [N, C, F, I, R]
             coupled = self.leaf.relaxed_params(selected, temperature, value)  # [N, C, F]
@@ -280,6 +290,7 @@ class RatSPN(nn.Module):
             relaxed = torch.where(is_selected, coupled[..., None, None], relaxed)
             soft = (a[:, None] * relaxed).sum((-2, -1))
             return value + (soft - soft.detach())
+        a = self._variable_selection(leaf_selection)  # [N, F, I, R]
         if rule == "expected":
             return (a[:, None] * self.leaf.mean()).sum((-2, -1))
         all_params = {k: p.expand((num_samples,) + p.shape) for k, p in self.leaf.params().items()}
@@ -303,6 +314,11 @@ class RatSPN(nn.Module):
             if evidence.shape[0] != num_samples:
                 raise ValueError(f"evidence: expected batch size {num_samples}, got {evidence.shape[0]}")
             upward = self.upward(evidence, max_product=rule == "argmax")
+        return self._complete(num_samples, rule, temperature, interpolation, upward, evidence)
+
+    def _complete(self, num_samples: int, rule: Rule, temperature: Tensor | float, interpolation: Interpolation,
+                  upward: UpwardPass | None, evidence: Tensor | None) -> Tensor:
+        """Top-down pass and leaf values, observed entries of ``evidence`` kept; ``[N, *event_shape]``."""
         values = self.leaf_values(self.top_down(num_samples, rule, temperature, interpolation, upward),
                                   rule, temperature)
         if evidence is not None:
@@ -320,6 +336,6 @@ class RatSPN(nn.Module):
             ``(completion [N, *event_shape], log max-product value [N])``; the completion keeps every
             observed entry.
         """
-        value = self.upward(evidence, max_product=True).log_likelihood
-        completion = self.sample(evidence.shape[0], "argmax", interpolation="region", evidence=evidence)
-        return completion, value
+        upward = self.upward(evidence, max_product=True)
+        completion = self._complete(evidence.shape[0], "argmax", 1.0, "region", upward, evidence)
+        return completion, upward.log_likelihood
