@@ -79,8 +79,12 @@ class EinsumLayer(nn.Module):
         """
         left, right = split_children(x)
         left_max, right_max = _stable_max(left), _stable_max(right)
-        pairs = ((left - left_max).exp()[..., :, None] * (right - right_max).exp()[..., None, :]).flatten(-2)
-        mixed = torch.einsum("nrlq,rlkq->nrlk", pairs, self.log_weights().exp())
+        # pairs in [R, L, N, K_in * K_in] layout, so that the batched matmul over (R, L) needs no copy
+        left_scaled = (left - left_max).exp().permute(1, 2, 0, 3)
+        right_scaled = (right - right_max).exp().permute(1, 2, 0, 3)
+        pairs = (left_scaled[..., :, None] * right_scaled[..., None, :]).flatten(-2)
+        weights = self.logits.flatten(-2).softmax(-1).permute(2, 0, 3, 1)  # [R, L, K_in * K_in, K_out]
+        mixed = torch.matmul(pairs, weights).permute(2, 0, 1, 3)  # [N, R, L, K_out]
         return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log() + left_max + right_max
 
     def forward_max(self, x: Tensor) -> Tensor:

@@ -49,12 +49,14 @@ class UpwardPass:
 
 
 def _normalize_event_shape(event_shape: int | Sequence[int]) -> tuple[int, ...]:
-    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    message = (f"event_shape must be a positive int F or a shape (F,), (H, W) or (C, H, W) of positive ints, "
+               f"got {event_shape!r}")
+    try:
+        shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    except TypeError:
+        raise ValueError(message) from None
     if not 1 <= len(shape) <= 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-        raise ValueError(
-            f"event_shape must be a positive int F or a shape (F,), (H, W) or (C, H, W) of positive ints, "
-            f"got {event_shape!r}"
-        )
+        raise ValueError(message)
     return shape
 
 

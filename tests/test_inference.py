@@ -54,9 +54,9 @@ def make_leaf(kind: str):
     raise AssertionError(kind)
 
 
-def make_spn(kind, event_shape, depth, R, K, I, seed=0) -> RatSPN:
+def make_spn(kind, event_shape, depth, R, K, n_leaf, seed=0) -> RatSPN:
     """A float64 circuit whose parameters are pushed well away from their (near-uniform) init."""
-    spn = RatSPN(event_shape, depth=depth, num_repetitions=R, num_sums=K, num_leaves=I,
+    spn = RatSPN(event_shape, depth=depth, num_repetitions=R, num_sums=K, num_leaves=n_leaf,
                  leaf=make_leaf(kind), seed=seed).to(DTYPE)
     g = torch.Generator().manual_seed(1000 + seed)
     with torch.no_grad():
@@ -234,7 +234,7 @@ def naive_forward(spn: RatSPN, x: torch.Tensor, max_product: bool = False) -> to
 # discrete circuits, checked by enumeration
 # ------------------------------------------------------------------------------------------------
 
-# (leaf, event_shape, depth, R, K, I)
+# (leaf, event_shape, depth, R, K, n_leaf)
 DISCRETE = [
     ("bernoulli", (5,), 3, 2, 2, 2),  # F = 5 not divisible by 8: padding-only regions
     ("bernoulli", (2, 1, 3), 1, 3, 2, 3),  # two channels, depth 1
@@ -251,8 +251,8 @@ _CACHE: dict = {}
 
 class Setup:
     def __init__(self, case, seed):
-        kind, event_shape, depth, R, K, I = case
-        self.spn = make_spn(kind, event_shape, depth, R, K, I, seed=seed)
+        kind, event_shape, depth, R, K, n_leaf = case
+        self.spn = make_spn(kind, event_shape, depth, R, K, n_leaf, seed=seed)
         self.dist = SPNDistribution(self.spn, validate_args=True)
         self.ref = TreeReference(self.spn)
         self.configs = all_configs(self.spn)  # [X, *event]
@@ -374,7 +374,18 @@ def test_conditionals(setup):
         expected.append(setup.joint[pick] - setup.joint[setup.matching(e)].logsumexp(0))
     cond = d.condition(evidence)
     assert cond.batch_shape == (len(evidence),)
-    torch.testing.assert_close(cond.log_prob(torch.stack(values)).detach(), torch.stack(expected), **TIGHT)
+    values, expected = torch.stack(values), torch.stack(expected)
+    torch.testing.assert_close(cond.log_prob(values).detach(), expected, **TIGHT)
+    # sample dims in front of the batch: [2, B, *event] → [2, B]
+    lp = cond.log_prob(torch.stack([values, values]))
+    assert lp.shape == (2, len(evidence))
+    torch.testing.assert_close(lp.detach(), torch.stack([expected, expected]), **TIGHT)
+    # evidence with two batch dims
+    B = len(evidence) - len(evidence) % 2
+    cond2 = d.condition(evidence[:B].reshape((2, B // 2) + evidence.shape[1:]))
+    assert cond2.batch_shape == (2, B // 2)
+    lp2 = cond2.log_prob(values[:B].reshape((2, B // 2) + values.shape[1:]))
+    torch.testing.assert_close(lp2.detach().flatten(), expected[:B], **TIGHT)
 
 
 def test_mpe(setup):
@@ -394,6 +405,13 @@ def test_mpe(setup):
     torch.testing.assert_close(setup.ref.max_product(completion), expected, **TIGHT)
     _, full_value = d.mpe(completion, return_log_prob=True)
     torch.testing.assert_close(full_value.detach(), expected, **TIGHT)
+    # evidence with two batch dims gives the same, reshaped
+    B = len(evidence) - len(evidence) % 2
+    c2, v2 = d.mpe(evidence[:B].reshape((2, B // 2) + evidence.shape[1:]), return_log_prob=True)
+    assert c2.shape == (2, B // 2) + evidence.shape[1:] and v2.shape == (2, B // 2)
+    torch.testing.assert_close(v2.detach().flatten(), expected[:B], **TIGHT)
+    torch.testing.assert_close(setup.ref.max_product(c2.flatten(0, 1)), expected[:B], **TIGHT)
+    assert d.mpe(evidence).shape == evidence.shape  # without the value
     # unconditional MPE (all missing) from spn.mpe directly
     nan = torch.full((1,) + spn.event_shape, float("nan"), dtype=DTYPE)
     c0, v0 = spn.mpe(nan)
@@ -441,9 +459,9 @@ def _grid(spn: RatSPN, n: int) -> torch.Tensor:
     return torch.linspace(lo, hi, n, dtype=DTYPE)
 
 
-@pytest.mark.parametrize("depth,I", [(1, 3), (2, 3), (3, 2)])
-def test_normal_1d_integrates_to_one(depth, I):
-    spn = make_spn("normal", 1, depth, 3, 2, I, seed=depth)
+@pytest.mark.parametrize("depth,n_leaf", [(1, 3), (2, 3), (3, 2)])
+def test_normal_1d_integrates_to_one(depth, n_leaf):
+    spn = make_spn("normal", 1, depth, 3, 2, n_leaf, seed=depth)
     d = SPNDistribution(spn)
     grid = _grid(spn, 20001)
     density = spn(grid[:, None]).detach().exp()
@@ -457,7 +475,7 @@ def test_normal_1d_integrates_to_one(depth, I):
 @pytest.mark.parametrize("event_shape,depth", [(2, 1), (2, 2), ((2, 1, 1), 1), ((1, 1, 2), 3)])
 def test_normal_2d_integrates_to_one(event_shape, depth):
     spn = make_spn("normal", event_shape, depth, 2, 2, 3, seed=7)
-    g0 = _grid(spn, 601)
+    g0 = _grid(spn, 401)
     a, b = torch.meshgrid(g0, g0, indexing="ij")
     points = torch.stack([a.flatten(), b.flatten()], -1).reshape((-1,) + spn.event_shape)
     density = spn(points).detach().exp().view(len(g0), len(g0))
@@ -476,9 +494,9 @@ def test_normal_2d_integrates_to_one(event_shape, depth):
 NORMAL = [((3,), 2, 3, 2, 2), ((2, 1, 3), 2, 2, 3, 2), ((5,), 3, 2, 2, 2), ((1,), 2, 2, 2, 3)]
 
 
-@pytest.mark.parametrize("event_shape,depth,R,K,I", NORMAL)
-def test_normal_against_trees(event_shape, depth, R, K, I):
-    spn = make_spn("normal", event_shape, depth, R, K, I, seed=11)
+@pytest.mark.parametrize("event_shape,depth,R,K,n_leaf", NORMAL)
+def test_normal_against_trees(event_shape, depth, R, K, n_leaf):
+    spn = make_spn("normal", event_shape, depth, R, K, n_leaf, seed=11)
     d = SPNDistribution(spn, validate_args=True)
     ref = TreeReference(spn)
     g = torch.Generator().manual_seed(12)
@@ -536,8 +554,8 @@ def _random_data(spn: RatSPN, n: int, seed: int, nan_rate: float) -> torch.Tenso
 
 @pytest.mark.parametrize("case", NAIVE, ids=["-".join(map(str, c)).replace(" ", "") for c in NAIVE])
 def test_tensorized_pass_matches_naive(case):
-    kind, event_shape, depth, R, K, I = case
-    spn = make_spn(kind, event_shape, depth, R, K, I, seed=21)
+    kind, event_shape, depth, R, K, n_leaf = case
+    spn = make_spn(kind, event_shape, depth, R, K, n_leaf, seed=21)
     for nan_rate, seed in ((0.0, 1), (0.3, 2), (0.8, 3)):
         x = _random_data(spn, 64, seed, nan_rate)
         torch.testing.assert_close(spn(x).detach(), naive_forward(spn, x), **TIGHT)
