@@ -43,33 +43,33 @@ class _SPNShapes:
     def support(self) -> constraints.Constraint:
         return constraints.independent(self.spn.leaf.support, len(self.spn.event_shape))
 
-    def _check_value(self, value: Tensor, allow_nan: bool) -> None:
-        """Raises ``ValueError`` naming ``value`` for a wrong shape or values outside the support."""
+    def _check_value(self, value: Tensor, allow_nan: bool, name: str = "value") -> None:
+        """Raises ``ValueError`` naming the argument ``name`` for a wrong shape or values outside the support."""
         if not isinstance(value, Tensor):
-            raise ValueError(f"value must be a torch.Tensor, got {type(value).__name__}")
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
         event_dim = len(self.event_shape)
         if value.dim() < event_dim or value.shape[value.dim() - event_dim:] != self.event_shape:
             raise ValueError(
-                f"value: expected shape [..., {', '.join(map(str, self.event_shape))}] "
+                f"{name}: expected shape [..., {', '.join(map(str, self.event_shape))}] "
                 f"(event_shape {tuple(self.event_shape)}), got {tuple(value.shape)}"
             )
         try:
             torch.broadcast_shapes(value.shape[: value.dim() - event_dim], self.batch_shape)
         except RuntimeError as error:
             raise ValueError(
-                f"value: batch dims {tuple(value.shape[: value.dim() - event_dim])} do not broadcast with "
+                f"{name}: batch dims {tuple(value.shape[: value.dim() - event_dim])} do not broadcast with "
                 f"batch_shape {tuple(self.batch_shape)}"
             ) from error
         if not self._validate_args:
             return
         missing = torch.isnan(value)
         if missing.any() and not allow_nan:
-            raise ValueError("value: NaN entries are only allowed where missing data is expected")
+            raise ValueError(f"{name}: NaN entries are only allowed where missing data is expected")
         inside = self.spn.leaf.support.check(torch.where(missing, torch.zeros_like(value), value))
         if not bool(inside.all()):
             bad = value[~inside].flatten()[:3].tolist()
             raise ValueError(
-                f"value: entries outside the support {self.spn.leaf.support} (NaN marks a missing entry), "
+                f"{name}: entries outside the support {self.spn.leaf.support} (NaN marks a missing entry), "
                 f"e.g. {bad}"
             )
 
@@ -209,7 +209,7 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
             samples keep the observed entries and fill in the missing ones; its ``log_prob`` is the exact
             conditional log-density of the missing entries.
         """
-        self._check_value(evidence, allow_nan=True)
+        self._check_value(evidence, allow_nan=True, name="evidence")
         return ConditionalSPNDistribution(self, evidence)
 
     def mpe(self, evidence: Tensor, return_log_prob: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -223,7 +223,7 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         Returns:
             The completion ``[*B, *event_shape]`` (observed entries unchanged), and the value if asked.
         """
-        self._check_value(evidence, allow_nan=True)
+        self._check_value(evidence, allow_nan=True, name="evidence")
         flat, batch = self._flat(evidence)
         completion, value = self.spn.mpe(flat)
         completion = completion.reshape(evidence.shape)

@@ -65,8 +65,7 @@ class EinsumLayer(nn.Module):
 
     def log_weights(self) -> Tensor:
         """Normalized log-weights, ``[R, L, K_out, K_in * K_in]``."""
-        logits = self.logits.flatten(-2).permute(2, 0, 1, 3)
-        return logits.log_softmax(-1)
+        return self.logits.flatten(-2).log_softmax(-1).permute(2, 0, 1, 3)
 
     def forward(self, x: Tensor) -> Tensor:
         """Sum-product pass.

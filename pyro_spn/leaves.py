@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -199,8 +200,8 @@ class Normal(Leaf):
 
     def __init__(self, min_scale: float = 1e-3) -> None:
         super().__init__()
-        if not min_scale > 0:
-            raise ValueError(f"min_scale must be > 0, got {min_scale!r}")
+        if isinstance(min_scale, bool) or not isinstance(min_scale, Real) or not 0 < min_scale < math.inf:
+            raise ValueError(f"min_scale must be a finite number > 0, got {min_scale!r}")
         self.min_scale = float(min_scale)
 
     def _init_parameters(self, shape: torch.Size, generator: torch.Generator) -> None:
