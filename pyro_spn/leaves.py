@@ -68,8 +68,9 @@ class Leaf(nn.Module):
             raise ValueError(
                 f"leaf: this {type(self).__name__} is already part of a circuit; pass a new instance"
             )
-        self.shape = (num_channels, num_features, num_components, num_repetitions)
-        self._init_parameters(torch.Size(self.shape), generator)
+        shape = (num_channels, num_features, num_components, num_repetitions)
+        self._init_parameters(torch.Size(shape), generator)
+        self.shape = shape
 
     def _init_parameters(self, shape: torch.Size, generator: torch.Generator) -> None:
         raise NotImplementedError
@@ -462,3 +463,154 @@ class Categorical(Leaf):
 
     def extra_repr(self) -> str:
         return f"num_categories={self.num_categories}, " + super().extra_repr()
+
+
+class _MixedSupport(constraints.Constraint):
+    """Per-variable supports: values ``[*B, *event_shape]`` whose trailing elements are the ``C·F`` entries."""
+
+    def __init__(self, entry_type: Tensor, supports: Sequence[constraints.Constraint]) -> None:
+        super().__init__()
+        self.entry_type = entry_type  # [C·F] group index of every entry
+        self.supports = tuple(supports)
+
+    def check(self, value: Tensor) -> Tensor:
+        flat = value.reshape(-1, self.entry_type.numel())
+        entry_type = self.entry_type.to(value.device)
+        ok = torch.zeros_like(flat, dtype=torch.bool)
+        for group, support in enumerate(self.supports):
+            ok |= (entry_type == group) & support.check(flat)
+        return ok.reshape(value.shape)
+
+    def __repr__(self) -> str:
+        return f"MixedSupport({', '.join(map(repr, self.supports))})"
+
+
+class Mixed(Leaf):
+    """Different leaf types over consecutive groups of variables, e.g. Binomial pixels and Gaussian latents.
+
+    ``Mixed([(Binomial(total_count=255), 784), (Normal(), 16)])`` makes variables ``0..783`` Binomial and
+    ``784..799`` Gaussian; use it with ``RatSPN((800,), ..., leaf=...)``. The group sizes must add up to
+    the circuit's number of variables ``F``.
+
+    Every group keeps its own parameters over its own variables. :meth:`params` widens them to all ``F``
+    variables and adds a ``"type"`` entry (the group of every variable), which travels with the parameters
+    through every gather and expand, so that each operation picks the value of each variable's own type.
+    """
+
+    def __init__(self, groups: Sequence[tuple[Leaf, int]]) -> None:
+        super().__init__()
+        groups = list(groups)
+        if not groups or any(
+            not isinstance(g, tuple) or len(g) != 2 or not isinstance(g[0], Leaf) or isinstance(g[1], bool)
+            or not isinstance(g[1], int) or g[1] < 1 for g in groups
+        ):
+            raise ValueError(f"groups must be a non-empty list of (leaf, number of variables >= 1), got {groups!r}")
+        self.groups = nn.ModuleList(leaf for leaf, _ in groups)
+        self.sizes = tuple(size for _, size in groups)
+        self.num_statistics = max(leaf.num_statistics for leaf, _ in groups)
+
+    def _init_parameters(self, shape: torch.Size, generator: torch.Generator) -> None:
+        num_channels, num_features, num_components, num_repetitions = shape
+        if sum(self.sizes) != num_features:
+            raise ValueError(
+                f"leaf: the Mixed group sizes {self.sizes} add up to {sum(self.sizes)}, "
+                f"but the circuit has {num_features} variables"
+            )
+        for leaf, size in zip(self.groups, self.sizes, strict=True):
+            leaf.build(num_channels, size, num_components, num_repetitions, generator)
+        group_of_feature = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+        self.register_buffer("feature_type", group_of_feature.expand(num_channels, num_features).contiguous())
+
+    @property
+    def support(self) -> constraints.Constraint:
+        self._check_built()
+        return _MixedSupport(self.feature_type.flatten(), [leaf.support for leaf in self.groups])
+
+    def _widen(self, p: Tensor, start: int) -> Tensor:
+        """``[C, F_g, K, R, *E]`` → ``[C, F, K, R, *E]``; other groups' slots repeat variable 0 (any valid value)."""
+        num_features = self.feature_type.shape[1]
+        filler = p[:, :1]
+        before = filler.expand((p.shape[0], start) + p.shape[2:])
+        after = filler.expand((p.shape[0], num_features - start - p.shape[1]) + p.shape[2:])
+        return torch.cat([before, p, after], dim=1)
+
+    def params(self) -> Params:
+        self._check_built()
+        out = {"type": self.feature_type[:, :, None, None].expand(self.shape)}
+        start = 0
+        for group, (leaf, size) in enumerate(zip(self.groups, self.sizes, strict=True)):
+            for name, p in leaf.params().items():
+                out[f"{group}.{name}"] = self._widen(p, start)
+            start += size
+        return out
+
+    @staticmethod
+    def _group_params(params: Params, group: int) -> Params:
+        prefix = f"{group}."
+        return {name[len(prefix):]: p for name, p in params.items() if name.startswith(prefix)}
+
+    @staticmethod
+    def _pick(group_type: Tensor, values: Sequence[Tensor]) -> Tensor:
+        """Per entry, the value of its group: ``values[group_type]`` (broadcast)."""
+        out = values[0]
+        for group in range(1, len(values)):
+            out = torch.where(group_type == group, values[group], out)
+        return out
+
+    def _per_group(self, params: Params, fn, value: Tensor | None = None) -> Tensor:
+        """Applies ``fn(leaf, group_params, safe_value)`` per group and picks each entry's own result; other
+        groups' entries of ``value`` are replaced by 0, which lies in every leaf's support."""
+        group_type = params["type"]
+        results = []
+        for group, leaf in enumerate(self.groups):
+            safe = None if value is None else torch.where(group_type == group, value, torch.zeros_like(value))
+            results.append(fn(leaf, self._group_params(params, group), safe))
+        return self._pick(group_type, results)
+
+    def _pad_statistics(self, t: Tensor) -> Tensor:
+        return F.pad(t, (0, self.num_statistics - t.shape[-1]))
+
+    def natural_parameters_of(self, params: Params) -> Tensor:
+        group_type = params["type"][..., None]
+        etas = [self._pad_statistics(leaf.natural_parameters_of(self._group_params(params, g)))
+                for g, leaf in enumerate(self.groups)]
+        return self._pick(group_type, etas)
+
+    def log_normalizer_of(self, params: Params) -> Tensor:
+        return self._per_group(params, lambda leaf, p, _: leaf.log_normalizer_of(p))
+
+    def _by_feature(self, x: Tensor, fn) -> Tensor:
+        """For ``x [*B, C, F]``: per group ``fn(leaf, safe x)``, picked by the group of each entry."""
+        results = []
+        for group, leaf in enumerate(self.groups):
+            safe = torch.where(self.feature_type == group, x, torch.zeros_like(x))
+            results.append(fn(leaf, safe))
+        return results
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        """``T(x)`` for ``x [*B, C, F]`` (the circuit's layout); returns ``[*B, C, F, S]``."""
+        stats = self._by_feature(x, lambda leaf, v: self._pad_statistics(leaf.sufficient_statistics(v)))
+        return self._pick(self.feature_type[..., None], stats)
+
+    def log_base_measure(self, x: Tensor) -> Tensor:
+        """``h(x)`` for ``x [*B, C, F]``."""
+        return self._pick(self.feature_type, self._by_feature(x, lambda leaf, v: leaf.log_base_measure(v)))
+
+    def log_prob_params(self, x: Tensor, params: Params) -> Tensor:
+        x = x.expand(torch.broadcast_shapes(x.shape, params["type"].shape))
+        return self._per_group(params, lambda leaf, p, v: leaf.log_prob_params(v, p), x)
+
+    def sample_params(self, params: Params) -> Tensor:
+        return self._per_group(params, lambda leaf, p, _: leaf.sample_params(p))
+
+    def relaxed_params(self, params: Params, temperature: Tensor | float, value: Tensor | None = None) -> Tensor:
+        return self._per_group(params, lambda leaf, p, v: leaf.relaxed_params(p, temperature, v), value)
+
+    def mode_params(self, params: Params) -> Tensor:
+        return self._per_group(params, lambda leaf, p, _: leaf.mode_params(p))
+
+    def mean_params(self, params: Params) -> Tensor:
+        return self._per_group(params, lambda leaf, p, _: leaf.mean_params(p))
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, " + super().extra_repr()
