@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from .sampling import conditional_gumbel
+
 Params = dict[str, Tensor]
 
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) == 1
@@ -433,18 +435,10 @@ class Categorical(Leaf):
         """Gumbel-Softmax draw ``y``, shape ``[*B, V]``; with ``value``, the Gumbel noise is drawn
         conditional on ``argmax(log p + g) == value``."""
         log_probs = params["logits"].log_softmax(-1)
-        u = _uniform(log_probs.shape, log_probs)
         if value is None:
-            perturbed = log_probs.detach() - torch.log(-torch.log(u))
+            perturbed = log_probs.detach() - torch.log(-torch.log(_uniform(log_probs.shape, log_probs)))
         else:
-            # top value ~ Gumbel(logsumexp log p = 0); the others are Gumbels truncated below it
-            top = -torch.log(-torch.log(u))
-            index = value.long()[..., None].expand(log_probs.shape[:-1] + (1,))
-            top_of_value = top.gather(-1, index)
-            probs = log_probs.detach().exp()
-            below = -torch.log(-torch.log(u) / probs + torch.exp(-top_of_value))
-            is_value = F.one_hot(value.long(), self.num_categories).bool()
-            perturbed = torch.where(is_value, top_of_value.expand_as(below), below)
+            perturbed = conditional_gumbel(log_probs, value.expand(log_probs.shape[:-1]))
         gumbel = (perturbed - log_probs.detach()).detach()
         return ((log_probs + gumbel) / temperature).softmax(-1)
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .layers import EinsumLayer, RepetitionMixing, pair_log_likelihood
 from .leaves import Leaf, Params
-from .sampling import ONE_HOT_RULES, Rule, select
+from .sampling import ONE_HOT_RULES, Rule, conditional_gumbel, select
 from .structure import random_binary_trees
 
 Interpolation = Literal["unit", "region"]
@@ -222,7 +222,9 @@ class RatSPN(nn.Module):
             layer = self.inner_layers[index]
             log_w = layer.log_weights()  # [R, L, K_out, Q]
             pair_ll = None if upward is None else pair_log_likelihood(upward.layer_inputs[index])  # [N, R, L, Q]
-            if interpolation == "unit" or rule == "expected":
+            if rule == "straight_through" and interpolation == "unit" and pair_ll is None:
+                pairs = self._straight_through_unit_pairs(s, log_w, temperature)
+            elif interpolation == "unit" or rule == "expected":
                 logits = log_w.expand((num_samples,) + log_w.shape)
                 if pair_ll is not None:
                     logits = logits + pair_ll[:, :, :, None, :]
@@ -236,6 +238,40 @@ class RatSPN(nn.Module):
             pairs = pairs.unflatten(-1, (layer.num_inputs, layer.num_inputs))
             s = torch.stack([pairs.sum(-1), pairs.sum(-2)], dim=3).flatten(2, 3)  # [N, R, 2L, K_in]
         return s
+
+    @staticmethod
+    def _straight_through_unit_pairs(s: Tensor, log_w: Tensor, temperature: Tensor | float) -> Tensor:
+        """``Σ_k s_k · y_k`` for straight-through selections without evidence, without the ``K``-fold cost.
+
+        With one-hot ``s`` (forward), only the selected unit's soft ``y`` receives a gradient; every other
+        unit contributes its hard draw alone (to the gradient of ``s``). So every unit draws its child pair
+        by inverse CDF, the pairs are scattered with weights ``s``, and the selected unit's soft selection
+        is built from Gumbel noise conditioned on its draw: the same estimator in law as per-unit
+        Gumbel-Softmax straight-through, on ``[N, R, L, Q]`` instead of ``[N, R, L, K, Q]`` tensors.
+
+        Args:
+            s: ``[N, R, L, K]`` straight-through one-hot selections of the units.
+            log_w: ``[R, L, K, Q]`` normalized log-weights.
+
+        Returns:
+            ``[N, R, L, Q]`` pair selections.
+        """
+        num_samples = s.shape[0]
+        num_repetitions, num_regions, num_units, num_pairs = log_w.shape
+        with torch.no_grad():
+            cdf = log_w.exp().cumsum(-1)  # [R, L, K, Q]
+            u = torch.rand((num_repetitions, num_regions, num_units, num_samples), dtype=s.dtype, device=s.device)
+            index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_max(num_pairs - 1)
+            index = index.permute(3, 0, 1, 2)  # [N, R, L, K]
+            unit = s.detach().argmax(-1)  # [N, R, L], the selected unit (any unit where s is all-zero)
+            mass = s.detach().sum(-1, keepdim=True)  # [N, R, L, 1], 1 on the selected repetition, else 0
+        hard = torch.zeros(s.shape[:3] + (num_pairs,), dtype=s.dtype, device=s.device).scatter_add(-1, index, s)
+        repetition = torch.arange(num_repetitions, device=s.device)[None, :, None]
+        region = torch.arange(num_regions, device=s.device)[None, None, :]
+        logits = log_w[repetition, region, unit]  # [N, R, L, Q]
+        perturbed = conditional_gumbel(logits, index.gather(-1, unit[..., None])[..., 0])
+        soft = ((logits + (perturbed - logits).detach()) / temperature).softmax(-1)
+        return hard + mass * (soft - soft.detach())
 
     def _variable_selection(self, leaf_selection: Tensor) -> Tensor:
         """``[N, R, L, I]`` leaf-region selections → ``[N, F, I, R]`` per-variable selections."""
@@ -286,11 +322,14 @@ class RatSPN(nn.Module):
                 return value
             a = self._variable_selection(leaf_selection)  # [N, F, I, R]
             all_params = {k: p.expand((num_samples,) + p.shape) for k, p in self.leaf.params().items()}
-            relaxed = self.leaf.relaxed_params(all_params, temperature)  # [N, C, F, I, R]
             coupled = self.leaf.relaxed_params(selected, temperature, value)  # [N, C, F]
-            is_selected = F.one_hot(index, a.shape[2] * a.shape[3]).view(a.shape).bool()[:, None]
-            relaxed = torch.where(is_selected, coupled[..., None, None], relaxed)
-            soft = (a[:, None] * relaxed).sum((-2, -1))
+            # Other components enter the gradient only through their values (their selection is 0 forward),
+            # so they are drawn without autograd history.
+            with torch.no_grad():
+                relaxed = self.leaf.relaxed_params(all_params, temperature)  # [N, C, F, I, R]
+                is_selected = F.one_hot(index, a.shape[2] * a.shape[3]).view(a.shape).bool()[:, None]
+                relaxed = torch.where(is_selected, coupled[..., None, None], relaxed)
+            soft = (a[:, None] * relaxed).sum((-2, -1)) + (coupled - coupled.detach())
             return value + (soft - soft.detach())
         a = self._variable_selection(leaf_selection)  # [N, F, I, R]
         if rule == "expected":

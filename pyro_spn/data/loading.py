@@ -1,0 +1,156 @@
+"""``load_dataset``: one entry point for the synthetic 2-D sets and the image sets.
+
+Splits:
+
+- synthetic sets: ``num_samples`` points (default 3000), split 80 / 10 / 10 at random;
+- digits (no official split): 80 / 10 / 10 at random (1437 / 180 / 180);
+- MNIST, SVHN, CIFAR-10: the official test split; validation is a random 10 % of the official train split;
+- CelebA: its official train / valid / test splits.
+
+Every random choice is drawn from ``seed``; the same arguments give the same tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import images
+from .cache import cache_path, read_cache, write_cache
+from .dataset import Dataset
+from .images import IMAGE_DATASETS, SPECS, RawSplit
+from .preprocessing import Binarize, Counts, Identity, Preprocessing, Standardize
+from .synthetic import SYNTHETIC_DATASETS, sample_synthetic
+
+DATASETS: tuple[str, ...] = SYNTHETIC_DATASETS + IMAGE_DATASETS
+LEAVES: tuple[str, ...] = ("binomial", "normal", "bernoulli")
+DEFAULT_NUM_SAMPLES = 3000
+MIN_NUM_SAMPLES = 10
+VAL_FRACTION = TEST_FRACTION = 0.1
+
+
+def _split_indices(n: int, seed: int, fractions: tuple[float, ...]) -> list[Tensor]:
+    """A random partition of ``range(n)``: one index tensor per fraction (rounded), then the rest, in this order."""
+    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    sizes = [round(n * fraction) for fraction in fractions]
+    return list(torch.split(permutation, [*sizes, n - sum(sizes)]))
+
+
+def _check_arguments(name: str, leaf: str, seed: int, num_samples: int | None) -> str:
+    """Validates the arguments of :func:`load_dataset`; returns the resolved leaf type."""
+    if name not in DATASETS:
+        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
+    if leaf != "auto" and leaf not in LEAVES:
+        raise ValueError(f"leaf must be one of {('auto', *LEAVES)}, got {leaf!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+                                    or num_samples < MIN_NUM_SAMPLES):
+        raise ValueError(f"num_samples must be None or an integer >= {MIN_NUM_SAMPLES}, got {num_samples!r}")
+    if name in SYNTHETIC_DATASETS:
+        if leaf not in ("auto", "normal"):
+            raise ValueError(f"leaf must be 'auto' or 'normal' for the 2-D data set {name!r}, got {leaf!r}")
+        return "normal"
+    return "binomial" if leaf == "auto" else leaf
+
+
+def _load_synthetic(name: str, seed: int, num_samples: int) -> Dataset:
+    points, labels, mixture = sample_synthetic(name, num_samples, seed)
+    test, val, train = _split_indices(num_samples, seed, (TEST_FRACTION, VAL_FRACTION))
+    extras = {}
+    if mixture is not None:
+        extras = {
+            "true_log_density": mixture.log_prob,
+            "modes": mixture.means.to(torch.float32),
+            "mode_scales": mixture.scales.to(torch.float32),
+            "mode_covariances": mixture.covariances.to(torch.float32),
+            "mode_weights": mixture.weights.to(torch.float32),
+        }
+    return Dataset(
+        name=name, train=points[train], val=points[val], test=points[test], train_labels=labels[train],
+        val_labels=labels[val], test_labels=labels[test], event_shape=(2,), leaf="normal", total_count=None,
+        is_image=False, preprocessing=Identity(), **extras,
+    )
+
+
+def _select(split: RawSplit, index: Tensor) -> RawSplit:
+    images_, labels = split
+    return images_[index], None if labels is None else labels[index]
+
+
+def _image_splits(sources: dict[str, RawSplit], seed: int) -> dict[str, RawSplit]:
+    """The source splits (see :func:`images.decode`) → ``{"train", "val", "test"}``."""
+    if "all" in sources:
+        test, val, train = _split_indices(sources["all"][0].shape[0], seed, (TEST_FRACTION, VAL_FRACTION))
+        return {"train": _select(sources["all"], train), "val": _select(sources["all"], val),
+                "test": _select(sources["all"], test)}
+    if "valid" in sources:
+        return {"train": sources["train"], "val": sources["valid"], "test": sources["test"]}
+    val, train = _split_indices(sources["train"][0].shape[0], seed, (VAL_FRACTION,))
+    return {"train": _select(sources["train"], train), "val": _select(sources["train"], val),
+            "test": sources["test"]}
+
+
+def _image_preprocessing(leaf: str, max_value: int, raw_train: Tensor) -> Preprocessing:
+    if leaf == "binomial":
+        return Counts(max_value)
+    if leaf == "bernoulli":
+        return Binarize(max_value)
+    return Standardize.fit(raw_train, max_value)
+
+
+def _load_images(name: str, leaf: str, root: Path, download: bool, seed: int, num_samples: int | None,
+                 cache_dir: Path) -> Dataset:
+    path = cache_path(cache_dir, name)
+    sources = read_cache(path, name)
+    if sources is None:
+        sources = images.decode(name, root, download)
+        write_cache(path, name, sources)
+    splits = _image_splits(sources, seed)
+    if num_samples is not None:
+        splits = {key: (x[:num_samples], None if y is None else y[:num_samples]) for key, (x, y) in splits.items()}
+    spec = SPECS[name]
+    preprocessing = _image_preprocessing(leaf, spec.max_value, splits["train"][0])
+    return Dataset(
+        name=name, train=preprocessing(splits["train"][0]), val=preprocessing(splits["val"][0]),
+        test=preprocessing(splits["test"][0]), train_labels=splits["train"][1], val_labels=splits["val"][1],
+        test_labels=splits["test"][1], event_shape=spec.event_shape, leaf=leaf,
+        total_count=spec.max_value if leaf == "binomial" else None, is_image=True, preprocessing=preprocessing,
+    )
+
+
+def load_dataset(name: str, *, leaf: str = "auto", root: str | os.PathLike = "data", download: bool = False,
+                 seed: int = 0, num_samples: int | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> Dataset:
+    """Loads data set ``name``, split into train / validation / test and preprocessed for ``leaf``.
+
+    Args:
+        name: one of ``DATASETS``: the 2-D sets ``SYNTHETIC_DATASETS`` or the image sets ``IMAGE_DATASETS``.
+        leaf: ``"binomial"`` (integer counts ``0..total_count``), ``"normal"`` (images: per-feature zero mean and
+            unit variance on the train split; 2-D sets: raw coordinates), ``"bernoulli"`` (images binarized at
+            half range) or ``"auto"``: binomial for images, normal for 2-D sets. 2-D sets accept only normal.
+        root: the folder holding the torchvision-format files (see :mod:`pyro_spn.data.images`); unused for
+            the synthetic sets and digits (bundled with scikit-learn).
+        download: let torchvision download missing files into ``root``.
+        seed: seeds the synthetic draws and every random split.
+        num_samples: synthetic sets: the number of points over all splits (default 3000); image sets: keep at
+            most the first ``num_samples`` examples of each split (default: all). At least 10.
+        cache_dir: folder of the HDF5 cache of decoded images (default ``<root>/cache``).
+
+    Returns:
+        A :class:`Dataset`: splits ``[N, *event_shape]`` float32, labels ``[N]`` long (or ``None``).
+
+    Raises:
+        ValueError: an unknown ``name`` or ``leaf``, a leaf that does not fit the data, a bad ``seed`` or
+            ``num_samples``.
+        DatasetNotFoundError: the files of an image set are missing and ``download`` is off (or failed).
+    """
+    leaf = _check_arguments(name, leaf, seed, num_samples)
+    if name in SYNTHETIC_DATASETS:
+        return _load_synthetic(name, seed, DEFAULT_NUM_SAMPLES if num_samples is None else num_samples)
+    root = Path(root)
+    cache = root / "cache" if cache_dir is None else Path(cache_dir)
+    return _load_images(name, leaf, root, download, seed, num_samples, cache)

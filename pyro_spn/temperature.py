@@ -1,0 +1,123 @@
+"""Gumbel-Softmax temperature schedules: constant, annealed, learned.
+
+A schedule is an ``nn.Module`` whose call returns the current ``τ`` (a positive scalar tensor) to pass
+to :class:`pyro_spn.SPNDistribution`. The trainer calls :meth:`Temperature.step` at the start of every
+epoch; a learned temperature's ``parameters()`` go to the circuit's optimizer. The current value lives
+in the module's ``state_dict`` (a buffer or a parameter), so it is saved with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KINDS: tuple[str, ...] = ("constant", "annealed", "learned")
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class Temperature(nn.Module):
+    """Base class: ``forward()`` returns the current ``τ``, a scalar tensor ``> 0``."""
+
+    def forward(self) -> Tensor:
+        raise NotImplementedError
+
+    def step(self, epoch: int, max_epochs: int) -> None:
+        """Called by the trainer at the start of every epoch (``0 <= epoch``); a no-op by default."""
+
+
+class ConstantTemperature(Temperature):
+    """A fixed ``τ = value``."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("value", torch.tensor(_positive("value", value)))
+
+    def forward(self) -> Tensor:
+        return self.value
+
+
+class AnnealedTemperature(Temperature):
+    """``τ = max(minimum, start · exp(−rate · epoch / max_epochs))``, updated by :meth:`step`.
+
+    With the defaults it is the paper's schedule: from ``1.0`` down to ``0.5``.
+    """
+
+    def __init__(self, start: float = 1.0, minimum: float = 0.5, rate: float = 1.0) -> None:
+        super().__init__()
+        self.start = _positive("start", start)
+        self.minimum = _positive("minimum", minimum)
+        if self.minimum > self.start:
+            raise ValueError(f"minimum must be <= start ({self.start}), got {minimum!r}")
+        if isinstance(rate, bool) or not isinstance(rate, Real) or not 0 <= rate < math.inf:
+            raise ValueError(f"rate must be a finite number >= 0, got {rate!r}")
+        self.rate = float(rate)
+        self.register_buffer("value", torch.tensor(self.start))
+
+    def value_at(self, epoch: int, max_epochs: int) -> float:
+        """``τ`` at ``epoch`` of ``max_epochs`` (``0 <= epoch``, ``max_epochs >= 1``)."""
+        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ValueError(f"max_epochs must be an integer >= 1, got {max_epochs!r}")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+        return max(self.minimum, self.start * math.exp(-self.rate * epoch / max_epochs))
+
+    def step(self, epoch: int, max_epochs: int) -> None:
+        self.value.fill_(self.value_at(epoch, max_epochs))
+
+    def forward(self) -> Tensor:
+        return self.value
+
+    def extra_repr(self) -> str:
+        return f"start={self.start}, minimum={self.minimum}, rate={self.rate}"
+
+
+class LearnedTemperature(Temperature):
+    """A learned ``τ = softplus(raw) + floor``, trained jointly with the circuit.
+
+    Args:
+        init: the initial ``τ`` (``> floor``).
+        floor: the smallest ``τ`` reachable, keeping the selections' gradients finite.
+    """
+
+    def __init__(self, init: float = 1.0, floor: float = 0.01) -> None:
+        super().__init__()
+        self.floor = _positive("floor", floor)
+        init = _positive("init", init)
+        if init <= self.floor:
+            raise ValueError(f"init must be > floor ({self.floor}), got {init!r}")
+        raw = math.log(math.expm1(init - self.floor))  # the inverse of softplus
+        self.raw = nn.Parameter(torch.tensor(raw))
+
+    def forward(self) -> Tensor:
+        return F.softplus(self.raw) + self.floor
+
+    def extra_repr(self) -> str:
+        return f"floor={self.floor}"
+
+
+def make_temperature(kind: str, value: float = 1.0, minimum: float = 0.5, rate: float = 1.0) -> Temperature:
+    """A schedule by name.
+
+    Args:
+        kind: ``"constant"`` (``τ = value``), ``"annealed"`` (from ``value`` down to ``minimum`` at
+            ``rate``, see :class:`AnnealedTemperature`) or ``"learned"`` (initialized at ``value``).
+        value: the constant, starting or initial ``τ``.
+        minimum: the annealed schedule's floor (ignored by the other kinds).
+        rate: the annealed schedule's decay rate (ignored by the other kinds).
+    """
+    if kind == "constant":
+        return ConstantTemperature(value)
+    if kind == "annealed":
+        return AnnealedTemperature(start=value, minimum=minimum, rate=rate)
+    if kind == "learned":
+        return LearnedTemperature(init=value)
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

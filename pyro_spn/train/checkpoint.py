@@ -1,0 +1,90 @@
+"""Checkpoint files: written atomically, read with ``torch.load(..., weights_only=True)``, RNG states included.
+
+A checkpoint is a plain dict of tensors, dicts, lists, numbers and strings (no pickled objects), so
+loading one executes no code from the file. :func:`rng_state` / :func:`set_rng_state` capture and restore
+every random number generator the training loop draws from, so a resumed run continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing the expected content, corrupt, or not a checkpoint at all."""
+
+
+def checkpoint_path(run: str | os.PathLike) -> Path:
+    """The checkpoint of a run: ``run`` itself if it is a file, else ``run/checkpoint.pt``."""
+    path = Path(run)
+    return path if path.is_file() else path / CHECKPOINT_NAME
+
+
+def rng_state(cuda: bool) -> dict[str, Any]:
+    """The states of torch's CPU generator, the CUDA generators (if ``cuda``) and Python's ``random``."""
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+    if cuda:
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores the generators saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Writes ``state`` to ``path`` through a temporary file in the same folder and ``os.replace``, so the
+    previous checkpoint stays intact until the new one is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save({"format_version": FORMAT_VERSION, **state}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Reads a checkpoint on the CPU with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is unreadable, not a checkpoint, of another format version, or lacks
+            one of ``keys``.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not a pyro_spn checkpoint of format version {FORMAT_VERSION}")
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    return state

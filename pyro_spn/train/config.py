@@ -1,0 +1,166 @@
+"""``TrainConfig``: every knob of a training run, validated, and saved as ``RUN/config.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from numbers import Real
+from pathlib import Path
+
+from ..data import DATASETS
+
+OBJECTIVES: tuple[str, ...] = ("ll", "adv", "mmd", "pae")
+LEAVES: tuple[str, ...] = ("auto", "binomial", "normal", "bernoulli")
+TEMPERATURES: tuple[str, ...] = ("constant", "annealed", "learned")
+INTERPOLATIONS: tuple[str, ...] = ("unit", "region")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """A training run. The defaults are the paper's set-up (K = 20, R = 10, D = 4 for 28 × 28 images,
+    annealed temperature from 1 to 0.5, Adam, 30 epochs) on the bundled 8 × 8 digits.
+
+    Attributes:
+        objective: ``"ll"`` (maximum likelihood), ``"adv"`` (adversarial), ``"mmd"`` (maximum mean
+            discrepancy) or ``"pae"`` (probabilistic auto-encoding).
+        dataset: a name of ``pyro_spn.data.DATASETS``.
+        data_root: the folder holding (or receiving) the data files.
+        download: download missing data files.
+        leaf: the leaf type, ``"auto"`` for the data set's default (``"binomial"``, ``"normal"``, ``"bernoulli"``).
+        depth: circuit depth ``D``; ``None`` for ``min(4, floor(log2 F))`` (``F`` data variables).
+        num_repetitions: ``R``.
+        num_sums: ``K``, sum units per region.
+        num_leaves: leaf components per leaf region.
+        temperature: the Gumbel-Softmax temperature schedule, ``"constant"``, ``"annealed"`` or ``"learned"``.
+        tau: the constant, starting or initial ``τ``.
+        tau_min: the annealed schedule's floor.
+        tau_rate: the annealed schedule's decay rate (``τ = max(tau_min, tau · exp(−rate · epoch / epochs))``).
+        straight_through: exact samples forward, relaxed gradient backward; ``False`` (default) is the
+            paper's soft interpolation of child samples (sample-based objectives only).
+        interpolation: ``"unit"`` (the paper's, every sum unit draws) or ``"region"`` (``K``× cheaper).
+        lr: the circuit's Adam learning rate.
+        batch_size: examples per mini-batch.
+        epochs: passes over the training split (pre-training epochs included).
+        seed: seeds the data split, the circuit, the neural parts, the shuffles and the sampler.
+        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+        output: the run folder; ``None`` for ``runs/<objective>-<dataset>-seed<seed>``.
+        resume: continue the run in ``output`` from its checkpoint.
+        pretrain_epochs: the first epochs minimize the negative log-likelihood instead of the objective.
+        nll_weight: ``λ`` of the hybrid loss ``objective + λ · NLL``; ``0`` for the objective alone.
+        discriminator_steps: discriminator (ADV) or kernel encoder (MMD) updates per circuit update.
+        discriminator_lr: the discriminator's Adam learning rate (ADV).
+        mmd_adversarial: learn the MMD kernel adversarially (MMD-GAN) instead of a fixed RBF kernel on the data.
+        encoder_lr: the MMD kernel encoder's Adam learning rate.
+        latent_dim: the number of Gaussian latent variables (PAE).
+        num_final_samples: samples written to ``samples.h5`` at the end.
+        max_batches_per_epoch: stop each epoch (and each validation) after this many batches; ``None`` for all.
+    """
+
+    objective: str = "ll"
+    dataset: str = "digits"
+    data_root: str = "data"
+    download: bool = False
+    leaf: str = "auto"
+    depth: int | None = None
+    num_repetitions: int = 10
+    num_sums: int = 20
+    num_leaves: int = 20
+    temperature: str = "annealed"
+    tau: float = 1.0
+    tau_min: float = 0.5
+    tau_rate: float = 1.0
+    straight_through: bool = False
+    interpolation: str = "unit"
+    lr: float = 1e-2
+    batch_size: int = 128
+    epochs: int = 30
+    seed: int = 0
+    device: str = "auto"
+    output: str | None = None
+    resume: bool = False
+    pretrain_epochs: int = 0
+    nll_weight: float = 0.0
+    discriminator_steps: int = 1
+    discriminator_lr: float = 2e-4
+    mmd_adversarial: bool = True
+    encoder_lr: float = 5e-3
+    latent_dim: int = 16
+    num_final_samples: int = 1000
+    max_batches_per_epoch: int | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder: ``output``, or ``runs/<objective>-<dataset>-seed<seed>``."""
+        return Path(self.output if self.output is not None else f"runs/{self.objective}-{self.dataset}-seed{self.seed}")
+
+    def validate(self) -> TrainConfig:
+        """Raises ``ValueError`` naming the first bad field and its accepted values; returns ``self``."""
+        _choice("objective", self.objective, OBJECTIVES)
+        _choice("dataset", self.dataset, tuple(DATASETS))
+        _choice("leaf", self.leaf, LEAVES)
+        _choice("temperature", self.temperature, TEMPERATURES)
+        _choice("interpolation", self.interpolation, INTERPOLATIONS)
+        _choice("device", self.device, DEVICES)
+        for name in ("download", "straight_through", "resume", "mmd_adversarial"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.data_root, str) or not self.data_root:
+            raise ValueError(f"data_root must be a non-empty path, got {self.data_root!r}")
+        if self.output is not None and (not isinstance(self.output, str) or not self.output):
+            raise ValueError(f"output must be a non-empty path or None, got {self.output!r}")
+        if self.depth is not None:
+            _integer("depth", self.depth, 1)
+        for name in ("num_repetitions", "num_sums", "num_leaves", "batch_size", "epochs", "discriminator_steps",
+                     "latent_dim", "num_final_samples"):
+            _integer(name, getattr(self, name), 1)
+        _integer("seed", self.seed, 0)
+        _integer("pretrain_epochs", self.pretrain_epochs, 0)
+        if self.pretrain_epochs > self.epochs:
+            raise ValueError(f"pretrain_epochs must be <= epochs ({self.epochs}), got {self.pretrain_epochs}")
+        if self.max_batches_per_epoch is not None:
+            _integer("max_batches_per_epoch", self.max_batches_per_epoch, 1)
+        for name in ("tau", "tau_min", "lr", "discriminator_lr", "encoder_lr"):
+            _number(name, getattr(self, name), positive=True)
+        for name in ("tau_rate", "nll_weight"):
+            _number(name, getattr(self, name), positive=False)
+        if self.temperature == "annealed" and self.tau_min > self.tau:
+            raise ValueError(f"tau_min must be <= tau ({self.tau}) for the annealed temperature, got {self.tau_min}")
+        return self
+
+    def to_json(self) -> str:
+        """The config as an indented JSON object (every field)."""
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        """The config saved by :meth:`to_json`; ``ValueError`` for malformed JSON or unknown fields
+        (missing fields take their defaults)."""
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config: not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config: expected a JSON object, got {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config: unknown fields {unknown}; accepted: {sorted(known)}")
+        return cls(**values)
+
+
+def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
+
+
+def _integer(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _number(name: str, value: object, positive: bool) -> None:
+    bad = isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)
+    if bad or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")

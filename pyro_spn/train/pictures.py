@@ -1,0 +1,96 @@
+"""PNG pictures of a model, drawn with torchvision only: image grids, 2-D density heatmaps, inpainting tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.io import write_png
+from torchvision.utils import make_grid, save_image
+
+# Anchor colors of the heatmap, low to high density (viridis' ends and three stops between them).
+_ANCHORS = torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
+                        dtype=torch.float32) / 255
+DATA_COLOR = (1.0, 1.0, 1.0)
+SAMPLE_COLOR = (1.0, 0.25, 0.25)
+MISSING_COLOR = (0.6, 0.0, 0.0)
+_MARGIN = 0.1  # of the data range, on every side of the density picture
+
+
+def colormap(values: Tensor) -> Tensor:
+    """Values in ``[0, 1]`` ``[*S]`` → RGB ``[*S, 3]`` in ``[0, 1]``, interpolating linearly between the anchors."""
+    position = values.clamp(0, 1) * (len(_ANCHORS) - 1)
+    low = position.floor().long().clamp(max=len(_ANCHORS) - 2)
+    weight = (position - low)[..., None]
+    return _ANCHORS[low] * (1 - weight) + _ANCHORS[low + 1] * weight
+
+
+def save_image_grid(images: Tensor, path: Path) -> None:
+    """Images ``[N, C, H, W]`` in ``[0, 1]`` as one roughly square grid."""
+    save_image(images.detach().cpu().float(), path, nrow=math.ceil(math.sqrt(images.shape[0])), padding=1)
+
+
+def _plot_points(picture: Tensor, points: Tensor, low: Tensor, high: Tensor, color: tuple[float, float, float]
+                 ) -> None:
+    """Draws ``points [M, 2]`` as 3 × 3 squares into ``picture [3, H, W]`` spanning ``[low, high]`` (y up)."""
+    size = picture.shape[1]
+    cells = ((points - low) / (high - low) * size).floor().long()
+    inside = ((cells >= 0) & (cells < size)).all(1)
+    column, row = cells[inside, 0], size - 1 - cells[inside, 1]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            r, c = (row + dy).clamp(0, size - 1), (column + dx).clamp(0, size - 1)
+            for channel, value in enumerate(color):
+                picture[channel, r, c] = value
+
+
+def save_density_picture(log_density: Callable[[Tensor], Tensor], path: Path, extent: Tensor,
+                         samples: Tensor | None = None, data: Tensor | None = None, size: int = 256) -> None:
+    """A heatmap of ``exp(log_density)`` on a ``size × size`` grid, with data (white) and samples (red) as dots.
+
+    Args:
+        log_density: points ``[M, 2]`` → log-densities ``[M]``.
+        path: the PNG file.
+        extent: points ``[M, 2]`` whose bounding box (plus a 10 % margin) the picture spans.
+        samples, data: points ``[M, 2]`` to draw, or ``None``.
+        size: the picture's width and height in pixels.
+    """
+    extent = extent.detach().cpu().float()
+    low, high = extent.min(0).values, extent.max(0).values
+    margin = (high - low).clamp_min(1e-3) * _MARGIN
+    low, high = low - margin, high + margin
+    centers = [low[i] + (torch.arange(size) + 0.5) / size * (high[i] - low[i]) for i in range(2)]
+    ys, xs = torch.meshgrid(centers[1].flip(0), centers[0], indexing="ij")  # row 0 is the top (largest y)
+    grid = torch.stack([xs.flatten(), ys.flatten()], 1)
+    log_p = torch.cat([log_density(chunk).detach().cpu().float() for chunk in grid.split(8192)])
+    log_p = torch.nan_to_num(log_p, nan=-math.inf)
+    density = (log_p - log_p.max()).exp() if torch.isfinite(log_p.max()) else torch.zeros_like(log_p)
+    picture = colormap(density.reshape(size, size)).permute(2, 0, 1).contiguous()
+    if data is not None:
+        _plot_points(picture, data.detach().cpu().float(), low, high, DATA_COLOR)
+    if samples is not None:
+        _plot_points(picture, samples.detach().cpu().float(), low, high, SAMPLE_COLOR)
+    write_png((picture * 255).round().to(torch.uint8), str(path))
+
+
+def _rgb(images: Tensor) -> Tensor:
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def save_inpainting_picture(original: Tensor, missing: Tensor, sample: Tensor, mpe: Tensor, path: Path,
+                            columns: int = 8) -> None:
+    """Blocks of four rows per ``columns`` images: original, with the missing part marked, a conditional
+    sample, the MPE completion. Images ``[N, C, H, W]`` in ``[0, 1]``; ``missing`` a boolean mask like them."""
+    color = torch.tensor(MISSING_COLOR)[None, :, None, None]
+    marked = torch.where(_rgb(missing), color, _rgb(original))
+    rows = [_rgb(original), marked, _rgb(sample), _rgb(mpe)]
+    columns = min(columns, original.shape[0])
+    tiles = []
+    for start in range(0, original.shape[0], columns):
+        for row in rows:
+            block = row[start:start + columns]
+            tiles.append(torch.cat([block, block.new_ones((columns - block.shape[0],) + block.shape[1:])]))
+    save_image(make_grid(torch.cat(tiles).float(), nrow=columns, padding=1), path)

@@ -1,0 +1,255 @@
+"""``Trainer``: the training loop of one run, with validation, pictures, metrics, checkpoints and resume.
+
+Run folder::
+
+    RUN/config.json             the TrainConfig
+    RUN/metrics.jsonl           one JSON line per epoch
+    RUN/samples_epoch001.png    samples (images) or the density with samples and data (2-D), per epoch
+    RUN/checkpoint.pt           the state after the last finished epoch (replaced atomically)
+    RUN/samples.h5              final samples: "samples" (data units), "model_samples" (model space)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..data import Dataset, load_dataset
+from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .model import DataInfo, Model, resolve_device
+from .pictures import save_density_picture, save_image_grid
+from .records import append_metrics, keep_metrics, write_hdf5
+
+PICTURE_SAMPLES = 64  # samples in each epoch's picture (images)
+DENSITY_POINTS = 1000  # samples and data points drawn on each epoch's density picture (2-D)
+CHECKPOINT_KEYS = ("config", "epoch", "spn", "objective", "temperature", "optimizer", "rng", "preprocessing", "data")
+# Fields a resumed run may change; every other field must equal the checkpoint's.
+RESUMABLE_CHANGES = ("resume", "device", "epochs", "output")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss of a batch was NaN or infinite; training stopped, the last checkpoint is untouched."""
+
+    def __init__(self, epoch: int, batch: int, value: float) -> None:
+        super().__init__(f"non-finite loss {value} at epoch {epoch}, batch {batch}; the checkpoint of the last "
+                         f"finished epoch is kept")
+        self.epoch, self.batch, self.value = epoch, batch, value
+
+
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int,
+                  max_batches: int | None = None) -> list[Tensor]:
+    """The index batches of one epoch: a shuffle that is a pure function of ``(seed, epoch)``, in full batches
+    (the incomplete last batch is dropped unless it is the only one), at most ``max_batches`` of them."""
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    order = torch.randperm(num_examples, generator=generator)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and batches[-1].shape[0] < batch_size:
+        batches.pop()
+    return batches[:max_batches]
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+class Trainer:
+    """Trains the model a :class:`TrainConfig` describes and writes its run folder (see the module docstring).
+
+    Construction loads the data, builds the model (seeded) and, for ``config.resume``, restores the
+    checkpoint in ``config.run_dir``: the model, the optimizers, the temperature and every RNG state, so
+    that :meth:`fit` continues bit-identically to an uninterrupted run (on the CPU; CUDA kernels may be
+    non-deterministic).
+
+    Args:
+        config: the run.
+        progress: show a progress bar (only when stderr is a terminal).
+
+    Raises:
+        ValueError: an invalid config, an existing run in ``output`` without ``resume``, or a checkpoint
+            whose config differs from ``config`` in a field a resumed run may not change.
+        FileNotFoundError: ``resume`` without a checkpoint, or missing data files (``DatasetNotFoundError``).
+        CheckpointError: an unreadable checkpoint (a ``ValueError``).
+    """
+
+    def __init__(self, config: TrainConfig, progress: bool = True) -> None:
+        self.config = config.validate()
+        self.run_dir = config.run_dir
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        path = checkpoint_path(self.run_dir)
+        state = load_checkpoint(path, CHECKPOINT_KEYS) if config.resume else None
+        if state is not None:
+            _check_resumable(TrainConfig.from_json(state["config"]), config)
+        elif path.exists():
+            raise ValueError(f"output {self.run_dir} already holds a run ({path.name}); resume it (--resume) or "
+                             f"choose another output")
+        _seed_everything(config.seed)
+        self.data: Dataset = load_dataset(config.dataset, leaf=config.leaf, root=config.data_root,
+                                          download=config.download, seed=config.seed)
+        self.info = DataInfo.of(self.data)
+        self.model = Model.build(config, self.info).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=config.lr)
+        self.epoch = 0  # finished epochs
+        if state is not None:
+            self._restore(state)
+            if self.epoch > config.epochs:
+                raise ValueError(f"epochs must be >= the {self.epoch} epochs the checkpoint has finished, "
+                                 f"got {config.epochs}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(config.to_json() + "\n")
+        keep_metrics(self.run_dir / "metrics.jsonl", self.epoch)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, device: str | None = None, epochs: int | None = None,
+               progress: bool = True) -> Trainer:
+        """The trainer of the run in ``run_dir``, continuing from its checkpoint (optionally on another
+        ``device`` or with more ``epochs``)."""
+        state = load_checkpoint(checkpoint_path(run_dir), ("config",))
+        config = TrainConfig.from_json(state["config"])
+        changes: dict[str, Any] = {"resume": True, "output": str(run_dir)}
+        if device is not None:
+            changes["device"] = device
+        if epochs is not None:
+            changes["epochs"] = epochs
+        return cls(dataclasses.replace(config, **changes), progress)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def fit(self) -> list[dict[str, Any]]:
+        """Trains from the next epoch to ``config.epochs``, then writes ``samples.h5``; returns the new
+        epochs' metrics records.
+
+        Raises:
+            NonFiniteLossError: a batch's loss was not finite (nothing of that epoch is written).
+        """
+        records = []
+        for epoch in range(self.epoch, self.config.epochs):
+            records.append(self._epoch(epoch))
+        self.write_final_samples()
+        return records
+
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        """Trains epoch ``epoch`` (0-based), validates, and writes its picture, metrics line and checkpoint."""
+        config, model = self.config, self.model
+        start = time.perf_counter()
+        model.temperature.step(epoch, config.epochs)
+        pretraining = epoch < config.pretrain_epochs
+        batches = epoch_batches(self.data.train.shape[0], config.batch_size, config.seed, epoch,
+                                config.max_batches_per_epoch)
+        sums: dict[str, float] = defaultdict(float)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                   disable=not (self.progress and sys.stderr.isatty()))
+        for number, index in enumerate(bar, start=1):
+            x = self.data.train[index].to(self.device)
+            tau = model.temperature()
+            d = model.distribution(tau)
+            metrics = {} if pretraining else model.objective.auxiliary_step(d, x)
+            loss = (-model.objective.log_likelihood(d, x).mean()) if pretraining else model.objective.loss(d, x)
+            if not bool(torch.isfinite(loss)):
+                raise NonFiniteLossError(epoch + 1, number, float(loss))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for key, value in {"train_loss": float(loss.detach()), "temperature": float(tau.detach()), **metrics}.items():
+                sums[key] += value
+            bar.set_postfix(loss=f"{float(loss):.4g}")
+        record = {"epoch": epoch + 1, "phase": "pretrain" if pretraining else "train",
+                  **{key: value / len(batches) for key, value in sums.items()},
+                  "val_nll": self.validation_nll(), "seconds": time.perf_counter() - start}
+        self.save_picture(self.run_dir / f"samples_epoch{epoch + 1:03d}.png")
+        append_metrics(self.run_dir / "metrics.jsonl", record)
+        self.epoch = epoch + 1
+        save_checkpoint(self._state(), checkpoint_path(self.run_dir))  # after the picture: its RNG state is next
+        if self.progress and sys.stderr.isatty():
+            tqdm.write(f"epoch {record['epoch']}: train_loss {record['train_loss']:.4g}, "
+                       f"val_nll {record['val_nll']:.4g}, τ {record['temperature']:.3g}")
+        return record
+
+    # -- evaluation and outputs -----------------------------------------------------------------------
+    def _batches(self, x: Tensor) -> Iterator[Tensor]:
+        for number, batch in enumerate(x.split(self.config.batch_size)):
+            if self.config.max_batches_per_epoch is not None and number >= self.config.max_batches_per_epoch:
+                return
+            yield batch.to(self.device)
+
+    @torch.no_grad()
+    def validation_nll(self) -> float:
+        """The mean negative log-likelihood (nats per example) of the validation split (at most
+        ``max_batches_per_epoch`` batches of it)."""
+        d = self.model.distribution()
+        total, count = 0.0, 0
+        for x in self._batches(self.data.val):
+            total -= float(self.model.objective.log_likelihood(d, x).sum())
+            count += x.shape[0]
+        return total / count
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """``n`` exact samples in model space ``[n, *event_shape]`` on the CPU, drawn in batches."""
+        d = self.model.distribution()
+        sizes = [min(self.config.batch_size, n - start) for start in range(0, n, self.config.batch_size)]
+        return torch.cat([self.model.objective.sample(d, size).cpu() for size in sizes])
+
+    @torch.no_grad()
+    def save_picture(self, path: Path) -> None:
+        """Samples as an image grid, or for 2-D data the density with samples (red) and validation data (white)."""
+        if self.info.is_image:
+            save_image_grid(self.data.preprocessing.inverse(self.sample(PICTURE_SAMPLES)), path)
+            return
+        d = self.model.distribution()
+        data = self.data.val[:DENSITY_POINTS]
+        save_density_picture(lambda points: self.model.objective.log_likelihood(d, points.to(self.device)), path,
+                             extent=self.data.train, samples=self.sample(DENSITY_POINTS), data=data)
+
+    def write_final_samples(self) -> None:
+        """``RUN/samples.h5``: ``num_final_samples`` samples in data units ("samples") and model space
+        ("model_samples"), with the objective, data set and epoch as attributes."""
+        samples = self.sample(self.config.num_final_samples)
+        write_hdf5(self.run_dir / "samples.h5",
+                   {"samples": self.data.preprocessing.inverse(samples), "model_samples": samples},
+                   {"objective": self.config.objective, "dataset": self.config.dataset, "epoch": self.epoch,
+                    "leaf": self.info.leaf})
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_json(),
+            "epoch": self.epoch,
+            "spn": self.model.spn.state_dict(),
+            "objective": self.model.objective.state_dict(),
+            "temperature": self.model.temperature.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(cuda=self.device.type == "cuda"),
+            "preprocessing": self.data.preprocessing.state_dict(),
+            "data": self.info.state_dict(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.spn.load_state_dict(state["spn"])
+        self.model.objective.load_state_dict(state["objective"])
+        self.model.temperature.load_state_dict(state["temperature"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        set_rng_state(state["rng"])
+
+
+def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
+    """``ValueError`` naming every field in which ``config`` differs from the checkpoint's ``saved`` config,
+    other than the fields a resumed run may change."""
+    changed = [f"{f.name} (saved {getattr(saved, f.name)!r}, given {getattr(config, f.name)!r})"
+               for f in dataclasses.fields(TrainConfig)
+               if f.name not in RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        raise ValueError(f"resume: the config differs from the checkpoint's in {', '.join(changed)}; only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change")
