@@ -46,14 +46,12 @@ class ImageSpec:
         max_value: the largest count (255 for 8-bit images, 16 for digits).
         folder: the folder under ``root`` holding the files (``""`` for the bundled digits).
         files: the files (or folders) torchvision needs, relative to ``folder``.
-        has_labels: whether the data set has class labels.
     """
 
     event_shape: tuple[int, int, int]
     max_value: int
     folder: str
     files: tuple[str, ...]
-    has_labels: bool = True
 
 
 SPECS: dict[str, ImageSpec] = {
@@ -65,7 +63,7 @@ SPECS: dict[str, ImageSpec] = {
         *(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")),
     "celeba": ImageSpec((3, 64, 64), 255, "celeba", (
         "img_align_celeba", "list_eval_partition.txt", "identity_CelebA.txt", "list_bbox_celeba.txt",
-        "list_landmarks_align_celeba.txt", "list_attr_celeba.txt"), has_labels=False),
+        "list_landmarks_align_celeba.txt", "list_attr_celeba.txt")),
 }
 
 
