@@ -58,6 +58,7 @@ class AdversarialObjective(Objective):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # no gradients left behind on the net
         probs = torch.sigmoid(logits.detach())
         return {"discriminator_loss": float(loss.detach()), "d_real": float(probs[:n].mean()),
                 "d_fake": float(probs[n:].mean())}

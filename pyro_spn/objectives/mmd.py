@@ -117,6 +117,7 @@ class MMDObjective(Objective):
             self.optimizer.zero_grad(set_to_none=True)
             (-distance).backward()
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # no gradients left behind on the net
         return {"encoder_mmd2": float(distance.detach())}
 
     def loss(self, d: SPNDistribution, x: Tensor) -> Tensor:
