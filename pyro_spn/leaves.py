@@ -366,11 +366,17 @@ class Bernoulli(Leaf):
     def relaxed_params(self, params: Params, temperature: Tensor | float, value: Tensor | None = None) -> Tensor:
         logits = params["logits"]
         u = _uniform(logits.shape, logits)
-        if value is not None:
-            # logistic noise conditioned on the draw: value == 1  <=>  logits + noise > 0
-            p = torch.sigmoid(logits.detach())
-            u = torch.where(value > 0.5, (1 - p) + p * u, (1 - p) * u).clamp(1e-7, 1 - 1e-7)
-        noise = torch.log(u) - torch.log1p(-u)
+        if value is None:
+            noise = torch.log(u) - torch.log1p(-u)
+        else:
+            # logistic noise conditioned on the draw (value == 1  <=>  logits + noise > 0), drawn in log space:
+            # the tail beyond -logits has probability sigmoid(±logits), which 1 - sigmoid(.) would round away
+            eta, one = logits.detach(), value > 0.5
+            log_tail = torch.where(one, F.logsigmoid(eta), F.logsigmoid(-eta)) + torch.log(u)
+            logit_tail = log_tail - torch.log(-torch.expm1(log_tail))
+            noise = torch.where(one, -logit_tail, logit_tail)
+            noise = torch.where(one, torch.maximum(noise, torch.nextafter(-eta, -eta + 1)),
+                                torch.minimum(noise, torch.nextafter(-eta, -eta - 1)))
         return torch.sigmoid((logits + noise) / temperature)
 
     def mode_params(self, params: Params) -> Tensor:

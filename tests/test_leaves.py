@@ -494,6 +494,24 @@ def test_bernoulli_coupled_relaxation_agrees_with_value(tau):
         assert stats.ks_2samp(a.numpy(), b.numpy()).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("logit", [-16.0, -12.0, 12.0, 16.0])
+def test_bernoulli_coupled_relaxation_agrees_with_value_for_confident_leaves(logit):
+    """Trained binary leaves are often confident (|logit| >= 12, e.g. image borders); the rare value
+    they still draw must be relaxed on its own side of 1/2, or the straight-through gradient is taken
+    at the wrong value. (Currently fails: the truncation bound 1 - p loses precision in float32 and the
+    uniform is clamped to <= 1 - 1e-7, so logistic noise above ~15.9 is unreachable.)"""
+    leaf = Bernoulli()
+    leaf.build(1, 1, 1, 1, torch.Generator().manual_seed(0))
+    n = 50000
+    params = {"logits": torch.full((n,), logit)}
+    for v in (0.0, 1.0):
+        value = torch.full((n,), v)
+        torch.manual_seed(23)
+        relaxed = leaf.relaxed_params(params, 1.0, value).detach()
+        wrong = ((relaxed > 0.5) != (value == 1)).double().mean().item()
+        assert wrong == 0, f"value {v:g}: {wrong:.2%} of the coupled relaxations lie on the wrong side"
+
+
 @pytest.mark.parametrize("tau", [0.2, 1.0, 3.0])
 def test_categorical_coupled_relaxation_agrees_with_value(tau):
     torch.manual_seed(19)

@@ -7,7 +7,6 @@ sample frequencies with ``exp(log_prob)`` (chi-square, fixed seeds, p > 1e-3).
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from scipy import stats
 
 from pyro_spn import RatSPN, SPNDistribution
 from pyro_spn.leaves import Bernoulli, Binomial, Categorical, Normal
-from pyro_spn.sampling import ONE_HOT_RULES, RULES, gumbel_like, select
+from pyro_spn.sampling import ONE_HOT_RULES, RULES, conditional_gumbel, gumbel_like, select
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -64,6 +63,9 @@ def chi_square_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
     """Pearson chi-square p-value, pooling bins with expected count < 5."""
     n = counts.sum()
     assert abs(probs.sum() - 1) < 1e-4, probs.sum()
+    impossible = probs <= 0
+    assert counts[impossible].sum() == 0, "draws of probability zero"
+    counts, probs = counts[~impossible], probs[~impossible]
     expected = probs * n
     keep = expected >= 5
     obs, exp = list(counts[keep]), list(expected[keep])
@@ -269,6 +271,31 @@ def test_select_expected_and_argmax():
         select(LOGITS, "bogus")
 
 
+def test_conditional_gumbel_selects_index_and_has_the_gumbel_max_law():
+    """Drawing the index first and then the Gumbel-perturbed logits conditional on it must give the joint
+    law of an unconditional Gumbel-max draw."""
+    n = 20000
+    log_p = torch.tensor([1.0, -0.5, 0.3, -2.0]).log_softmax(-1).expand(n, 4)
+    torch.manual_seed(24)
+    index = torch.multinomial(log_p[0].exp(), n, replacement=True)
+    z = conditional_gumbel(log_p.clone().requires_grad_(), index)
+    assert not z.requires_grad
+    assert z.shape == (n, 4) and torch.isfinite(z).all()
+    assert torch.equal(z.argmax(-1), index)
+    # the maximum is Gumbel(logsumexp log p) = Gumbel(0), independently of the index
+    top = z.gather(-1, index[:, None])[:, 0]
+    assert stats.kstest(top.numpy(), stats.gumbel_r.cdf).pvalue > 1e-3
+    for j in range(4):
+        assert stats.kstest(top[index == j].numpy(), stats.gumbel_r.cdf).pvalue > 1e-3 / 4
+    # every coordinate has the law of log p_q + Gumbel
+    free = log_p + gumbel_like(log_p)
+    for q in range(4):
+        assert stats.ks_2samp(z[:, q].numpy(), free[:, q].numpy()).pvalue > 1e-3 / 4
+    # a category of small probability can be imposed as well
+    rare = conditional_gumbel(log_p[:100], torch.full((100,), 3))
+    assert (rare.argmax(-1) == 3).all()
+
+
 # --------------------------------------------------------------------------------------------------
 # circuit samplers: goodness of fit
 # --------------------------------------------------------------------------------------------------
@@ -283,7 +310,7 @@ def test_circuit_samplers_match_log_prob(leaf_name, structure):
     spn = make_spn(factory(), depth, reps, sums, leaves, seed=3)
     probs = joint_probs(spn, values)
     torch.testing.assert_close(probs.sum(), torch.tensor(1.0), atol=1e-5, rtol=0)
-    assert probs.max() < 0.5  # not degenerate
+    assert probs.max() < 0.8 and (probs > 0.01).sum() >= 4  # not degenerate
 
     torch.manual_seed(11)
     assert_fits(SPNDistribution(spn).sample((N_GOF,)), values, probs)
@@ -418,7 +445,7 @@ def test_soft_rsample_gradient_matches_finite_differences(leaf_name, interpolati
                 flat[i] = old - h
                 down = f(torch.tensor(0.8, dtype=torch.double))
                 flat[i] = old
-                torch.testing.assert_close(g.view(-1)[i], (up - down) / (2 * h), rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(g.reshape(-1)[i], (up - down) / (2 * h), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("interpolation", ["unit", "region"])
@@ -442,6 +469,70 @@ def test_straight_through_gradient_of_linear_function_is_unbiased_for_leaf_means
     assert (exact.abs() > 1e-3).sum() >= 6  # a non-trivial check
 
 
+@pytest.mark.parametrize("interpolation", ["unit", "region"])
+def test_straight_through_leaf_gradient_is_the_coupled_relaxation(interpolation):
+    """A straight-through Normal value x of variable v comes from one component (i, r); its gradient is
+    that of loc + scale * eps at eps = (x - loc) / scale: d x / d loc = 1, d x / d scale = eps (and 0
+    for every other component)."""
+    spn = make_spn(Normal(), 2, 3, 3, 2, seed=14)
+    d = SPNDistribution(spn, temperature=0.8, hard=True, interpolation=interpolation)
+    scale = spn.leaf.params()["scale"].detach()
+    loc = spn.leaf.loc.detach()
+    torch.manual_seed(23)
+    for _ in range(10):
+        x = d.rsample((1,))[0]
+        for v in range(3):
+            g_loc, g_raw = torch.autograd.grad(x[v], [spn.leaf.loc, spn.leaf.raw_scale], retain_graph=True)
+            selected = g_loc != 0
+            assert selected.sum() == 1 and g_loc[selected].item() == 1.0
+            assert selected[0, v].any()  # a component of variable v
+            eps = (x[v].detach() - loc[selected]) / scale[selected]
+            slope = torch.sigmoid(spn.leaf.raw_scale.detach()[selected])  # d scale / d raw_scale
+            torch.testing.assert_close(g_raw[selected], eps * slope, rtol=1e-4, atol=1e-5)
+            assert (g_raw[~selected] == 0).all()
+
+
+def _reference_straight_through_selection(spn: RatSPN, n: int, tau: float) -> torch.Tensor:
+    """The paper's per-unit straight-through top-down pass, written with ``select`` alone: every sum unit
+    draws its own Gumbel-Softmax straight-through selection and a region's selection is Σ_k s_k · y_k."""
+    s = select(spn.root.log_weights().expand(n, spn.num_repetitions), "straight_through", tau)[:, :, None, None]
+    for layer in reversed(spn.inner_layers):
+        log_w = layer.log_weights()
+        y = select(log_w.expand((n,) + log_w.shape), "straight_through", tau)
+        pairs = torch.einsum("nrlk,nrlkq->nrlq", s, y).unflatten(-1, (layer.num_inputs, layer.num_inputs))
+        s = torch.stack([pairs.sum(-1), pairs.sum(-2)], dim=3).flatten(2, 3)
+    return s
+
+
+def test_straight_through_unit_sampler_is_the_per_unit_estimator_in_law():
+    """The circuit's straight-through ``"unit"`` pass must give the per-unit Gumbel-Softmax straight-through
+    gradient in expectation (every parameter group), and the same sample law."""
+    spn = make_spn(Normal(), 2, 2, 3, 2, seed=15)
+    tau = 0.7
+    c = torch.tensor([1.0, -1.5, 0.8])
+    params = list(spn.parameters())
+    batches, n = 16, 800
+
+    def batch_grads(draw):
+        out = []
+        for _ in range(batches):
+            x = draw()
+            loss = (c * torch.sin(x)).sum() / n
+            out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+        return torch.stack(out)
+
+    torch.manual_seed(25)
+    d = SPNDistribution(spn, temperature=tau, hard=True, interpolation="unit")
+    ours = batch_grads(lambda: d.rsample((n,)))
+    torch.manual_seed(26)
+    ref = batch_grads(lambda: spn.leaf_values(_reference_straight_through_selection(spn, n, tau),
+                                               "straight_through", tau).reshape(n, 3))
+    diff = ours.mean(0) - ref.mean(0)
+    se = ((ours.var(0) + ref.var(0)) / batches).sqrt()
+    assert (ref.mean(0).abs() > 10 * se).sum() >= 10  # the check is informative
+    assert (diff.abs() <= 5 * se + 1e-5).all(), (diff.abs() / (se + 1e-12)).max()
+
+
 def test_soft_samples_concentrate_on_corners_as_temperature_vanishes():
     factory, values = LEAVES["bernoulli"]
     spn = make_spn(factory(), 2, 3, 3, 2, seed=10)
@@ -450,13 +541,13 @@ def test_soft_samples_concentrate_on_corners_as_temperature_vanishes():
     for tau in (1.0, 0.2, 0.01):
         torch.manual_seed(20)
         x = SPNDistribution(spn, temperature=tau, hard=False).rsample((20000,)).detach()
-        assert ((x >= 0) & (x <= 1)).all()
+        assert ((x >= -1e-6) & (x <= 1 + 1e-6)).all()
         fractions.append(((x < 1e-2) | (x > 1 - 1e-2)).double().mean().item())
         if tau == 0.01:
             assert ((x.mean(0) - mean).abs() < 0.03).all()
             assert_fits(x.round(), values, joint_probs(spn, values))
     assert fractions[0] < 0.5 and fractions[0] < fractions[1] < fractions[2]
-    assert fractions[2] > 0.97
+    assert fractions[2] > 0.93
 
 
 def test_soft_sample_mean_is_finite():
@@ -519,4 +610,3 @@ def test_conditional_rsample_keeps_evidence_and_has_gradients(leaf_name, hard, i
     probe[:, observed] = 1.0
     grads = torch.autograd.grad((x2 * probe).sum(), list(spn.parameters()), allow_unused=True)
     assert all(g is None or (g == 0).all() for g in grads)
-    assert not math.isnan(loss.item())
