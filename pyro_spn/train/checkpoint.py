@@ -12,6 +12,8 @@ import pickle
 import random
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,19 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         if os.path.exists(temp):
             os.remove(temp)
         raise
+
+
+@contextmanager
+def checkpoint_content(path: Path) -> Iterator[None]:
+    """Reports content of the checkpoint ``path`` that does not fit (missing or malformed entries, tensors of
+    other shapes) as a :class:`CheckpointError` naming the file."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"{path} does not fit ({type(error).__name__}: {reason})") from None
 
 
 def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:

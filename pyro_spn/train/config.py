@@ -125,6 +125,8 @@ class TrainConfig:
             _number(name, getattr(self, name), positive=True)
         for name in ("tau_rate", "nll_weight"):
             _number(name, getattr(self, name), positive=False)
+        if self.objective == "ll" and self.nll_weight != 0:
+            raise ValueError(f"nll_weight must be 0 for the objective ll (the NLL itself), got {self.nll_weight}")
         if self.temperature == "annealed" and self.tau_min > self.tau:
             raise ValueError(f"tau_min must be <= tau ({self.tau}) for the annealed temperature, got {self.tau_min}")
         return self

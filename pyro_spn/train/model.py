@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..data import Dataset
+from ..data import Dataset, Preprocessing
 from ..distribution import SPNDistribution
 from ..leaves import Bernoulli, Binomial, Leaf, Normal
 from ..objectives import Objective, make_objective
 from ..spn import RatSPN
 from ..temperature import Temperature, make_temperature
 from .config import TrainConfig
+from .pictures import save_density_picture, save_image_grid
 
 MAX_AUTO_DEPTH = 4
+PICTURE_SAMPLES = 64  # samples in a picture of images
+DENSITY_POINTS = 1000  # samples (and at most as many data points) drawn on a density picture
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,15 @@ class Model(nn.Module):
     the caller), so the same config and seed give the same initial model.
     """
 
-    def __init__(self, spn: RatSPN, objective: Objective, temperature: Temperature, config: TrainConfig) -> None:
+    def __init__(self, spn: RatSPN, objective: Objective, temperature: Temperature, config: TrainConfig,
+                 info: DataInfo) -> None:
         super().__init__()
         self.spn = spn
         self.objective = objective
         self.temperature = temperature
         self.hard = config.straight_through
         self.interpolation = config.interpolation
+        self.info = info
 
     @classmethod
     def build(cls, config: TrainConfig, info: DataInfo) -> Model:
@@ -94,7 +100,7 @@ class Model(nn.Module):
                                   num_repetitions=config.num_repetitions, num_sums=config.num_sums,
                                   num_leaves=config.num_leaves, seed=config.seed)
         temperature = make_temperature(config.temperature, config.tau, config.tau_min, config.tau_rate)
-        return cls(spn, objective, temperature, config)
+        return cls(spn, objective, temperature, config, info)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the circuit's optimizer updates: the circuit's and a learned temperature's parameters
@@ -105,6 +111,35 @@ class Model(nn.Module):
         """The circuit as a distribution at temperature ``temperature`` (default: the schedule's current ``τ``)."""
         tau = self.temperature() if temperature is None else temperature
         return SPNDistribution(self.spn, temperature=tau, hard=self.hard, interpolation=self.interpolation)
+
+    @property
+    def device(self) -> torch.device:
+        return self.spn.root.logits.device
+
+    @torch.no_grad()
+    def sample(self, n: int, batch_size: int) -> Tensor:
+        """``n`` exact samples of the data ``[n, *event_shape]`` in model space, on the CPU, drawn in batches."""
+        d = self.distribution()
+        sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+        return torch.cat([self.objective.sample(d, size).cpu() for size in sizes])
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor) -> Tensor:
+        """``log p(x)`` ``[N]`` of model-space data ``x [N, *event_shape]`` (on any device), on the CPU."""
+        return self.objective.log_likelihood(self.distribution(), x.to(self.device)).cpu()
+
+    @torch.no_grad()
+    def save_picture(self, path: Path, preprocessing: Preprocessing, batch_size: int, data: Tensor | None = None,
+                     samples: Tensor | None = None) -> None:
+        """Images: a grid of samples. 2-D data: the density with samples (red) and ``data`` (white, if given)
+        as dots, over the range of ``data`` (or of the samples). ``samples`` (model space) are drawn if not given."""
+        if samples is None:
+            samples = self.sample(PICTURE_SAMPLES if self.info.is_image else DENSITY_POINTS, batch_size)
+        if self.info.is_image:
+            save_image_grid(preprocessing.inverse(samples), path)
+            return
+        save_density_picture(self.log_likelihood, path, extent=samples if data is None else data,
+                             samples=samples, data=None if data is None else data[:DENSITY_POINTS])
 
 
 def _objective_options(config: TrainConfig, info: DataInfo) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.io import write_png
 from torchvision.utils import make_grid, save_image
 
 # Anchor colors of the heatmap, low to high density (viridis' ends and three stops between them).
@@ -73,7 +72,7 @@ def save_density_picture(log_density: Callable[[Tensor], Tensor], path: Path, ex
         _plot_points(picture, data.detach().cpu().float(), low, high, DATA_COLOR)
     if samples is not None:
         _plot_points(picture, samples.detach().cpu().float(), low, high, SAMPLE_COLOR)
-    write_png((picture * 255).round().to(torch.uint8), str(path))
+    save_image(picture, path)
 
 
 def _rgb(images: Tensor) -> Tensor:

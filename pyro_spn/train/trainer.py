@@ -3,7 +3,10 @@
 Run folder::
 
     RUN/config.json             the TrainConfig
-    RUN/metrics.jsonl           one JSON line per epoch
+    RUN/metrics.jsonl           one JSON line per epoch: epoch, phase ("pretrain" or "train"), train_loss and
+                                temperature (means over the epoch's batches), the objective's own metrics
+                                (e.g. d_real, d_fake), val_nll (nats per example), seconds (training and
+                                validation)
     RUN/samples_epoch001.png    samples (images) or the density with samples and data (2-D), per epoch
     RUN/checkpoint.pt           the state after the last finished epoch (replaced atomically)
     RUN/samples.h5              final samples: "samples" (data units), "model_samples" (model space)
@@ -12,6 +15,7 @@ Run folder::
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import sys
 import time
@@ -25,14 +29,18 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..data import Dataset, load_dataset
-from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    checkpoint_content,
+    checkpoint_path,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig
 from .model import DataInfo, Model, resolve_device
-from .pictures import save_density_picture, save_image_grid
 from .records import append_metrics, keep_metrics, write_hdf5
 
-PICTURE_SAMPLES = 64  # samples in each epoch's picture (images)
-DENSITY_POINTS = 1000  # samples and data points drawn on each epoch's density picture (2-D)
 CHECKPOINT_KEYS = ("config", "epoch", "spn", "objective", "temperature", "optimizer", "rng", "preprocessing", "data")
 # Fields a resumed run may change; every other field must equal the checkpoint's.
 RESUMABLE_CHANGES = ("resume", "device", "epochs", "output")
@@ -91,7 +99,9 @@ class Trainer:
         path = checkpoint_path(self.run_dir)
         state = load_checkpoint(path, CHECKPOINT_KEYS) if config.resume else None
         if state is not None:
-            _check_resumable(TrainConfig.from_json(state["config"]), config)
+            with checkpoint_content(path):
+                saved = TrainConfig.from_json(state["config"])
+            _check_resumable(saved, config)
         elif path.exists():
             raise ValueError(f"output {self.run_dir} already holds a run ({path.name}); resume it (--resume) or "
                              f"choose another output")
@@ -103,7 +113,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=config.lr)
         self.epoch = 0  # finished epochs
         if state is not None:
-            self._restore(state)
+            with checkpoint_content(path):
+                self._restore(state)
             if self.epoch > config.epochs:
                 raise ValueError(f"epochs must be >= the {self.epoch} epochs the checkpoint has finished, "
                                  f"got {config.epochs}")
@@ -114,11 +125,13 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: str | Path, *, device: str | None = None, epochs: int | None = None,
                progress: bool = True) -> Trainer:
-        """The trainer of the run in ``run_dir``, continuing from its checkpoint (optionally on another
-        ``device`` or with more ``epochs``)."""
-        state = load_checkpoint(checkpoint_path(run_dir), ("config",))
-        config = TrainConfig.from_json(state["config"])
-        changes: dict[str, Any] = {"resume": True, "output": str(run_dir)}
+        """The trainer of the run in ``run_dir`` (the folder or its checkpoint file), continuing from its
+        checkpoint (optionally on another ``device`` or with more ``epochs``)."""
+        path = checkpoint_path(run_dir)
+        state = load_checkpoint(path, ("config",))
+        with checkpoint_content(path):
+            config = TrainConfig.from_json(state["config"])
+        changes: dict[str, Any] = {"resume": True, "output": str(path.parent)}
         if device is not None:
             changes["device"] = device
         if epochs is not None:
@@ -156,18 +169,20 @@ class Trainer:
             d = model.distribution(tau)
             metrics = {} if pretraining else model.objective.auxiliary_step(d, x)
             loss = (-model.objective.log_likelihood(d, x).mean()) if pretraining else model.objective.loss(d, x)
-            if not bool(torch.isfinite(loss)):
-                raise NonFiniteLossError(epoch + 1, number, float(loss))
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(epoch + 1, number, loss_value)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            for key, value in {"train_loss": float(loss.detach()), "temperature": float(tau.detach()), **metrics}.items():
+            for key, value in {"train_loss": loss_value, "temperature": float(tau.detach()), **metrics}.items():
                 sums[key] += value
-            bar.set_postfix(loss=f"{float(loss):.4g}")
+            bar.set_postfix(loss=f"{loss_value:.4g}")
         record = {"epoch": epoch + 1, "phase": "pretrain" if pretraining else "train",
                   **{key: value / len(batches) for key, value in sums.items()},
                   "val_nll": self.validation_nll(), "seconds": time.perf_counter() - start}
-        self.save_picture(self.run_dir / f"samples_epoch{epoch + 1:03d}.png")
+        self.model.save_picture(self.run_dir / f"samples_epoch{epoch + 1:03d}.png", self.data.preprocessing,
+                                config.batch_size, data=None if self.info.is_image else self.data.val)
         append_metrics(self.run_dir / "metrics.jsonl", record)
         self.epoch = epoch + 1
         save_checkpoint(self._state(), checkpoint_path(self.run_dir))  # after the picture: its RNG state is next
@@ -194,28 +209,10 @@ class Trainer:
             count += x.shape[0]
         return total / count
 
-    @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """``n`` exact samples in model space ``[n, *event_shape]`` on the CPU, drawn in batches."""
-        d = self.model.distribution()
-        sizes = [min(self.config.batch_size, n - start) for start in range(0, n, self.config.batch_size)]
-        return torch.cat([self.model.objective.sample(d, size).cpu() for size in sizes])
-
-    @torch.no_grad()
-    def save_picture(self, path: Path) -> None:
-        """Samples as an image grid, or for 2-D data the density with samples (red) and validation data (white)."""
-        if self.info.is_image:
-            save_image_grid(self.data.preprocessing.inverse(self.sample(PICTURE_SAMPLES)), path)
-            return
-        d = self.model.distribution()
-        data = self.data.val[:DENSITY_POINTS]
-        save_density_picture(lambda points: self.model.objective.log_likelihood(d, points.to(self.device)), path,
-                             extent=self.data.train, samples=self.sample(DENSITY_POINTS), data=data)
-
     def write_final_samples(self) -> None:
         """``RUN/samples.h5``: ``num_final_samples`` samples in data units ("samples") and model space
         ("model_samples"), with the objective, data set and epoch as attributes."""
-        samples = self.sample(self.config.num_final_samples)
+        samples = self.model.sample(self.config.num_final_samples, self.config.batch_size)
         write_hdf5(self.run_dir / "samples.h5",
                    {"samples": self.data.preprocessing.inverse(samples), "model_samples": samples},
                    {"objective": self.config.objective, "dataset": self.config.dataset, "epoch": self.epoch,

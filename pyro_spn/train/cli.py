@@ -1,0 +1,238 @@
+"""The command lines ``pyrospn-train`` and ``pyrospn-sample`` (click). They only parse options and hand them
+to :class:`~pyro_spn.train.Trainer` or :class:`~pyro_spn.train.sample.SavedRun`.
+
+A bad option value, a missing or corrupt file or missing data print one line ``Error: ...`` on stderr and
+exit with code 2; a non-finite loss exits with code 1; an interruption with code 130.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from click.core import ParameterSource
+
+from ..data import DATASETS
+from .config import DEVICES, INTERPOLATIONS, LEAVES, OBJECTIVES, TEMPERATURES, TrainConfig
+from .sample import SIDES, SavedRun, write_inpainting, write_samples
+from .trainer import NonFiniteLossError, Trainer
+
+_DEFAULTS = TrainConfig()
+_POSITIVE_INT = click.IntRange(min=1)
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+_NON_NEGATIVE = click.FloatRange(min=0)
+# Options a resumed run accepts; the rest of its config comes from its checkpoint.
+_RESUME_OPTIONS = ("resume", "output", "device", "epochs", "progress")
+
+
+class _Failure(click.ClickException):
+    """A failure reported as one line, with the given exit code."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _OneLineErrors(click.Command):
+    """A command whose errors (usage errors included) are one line ``Error: ...`` on stderr, never a
+    traceback or a usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> None:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as error:
+            click.echo(f"Error: {' '.join(error.format_message().split())}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("Error: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _failure(error: BaseException) -> _Failure:
+    """The one-line report of an error raised by the library."""
+    if isinstance(error, NonFiniteLossError):
+        return _Failure(str(error), exit_code=1)
+    return _Failure(" ".join(str(error).split()) or type(error).__name__)
+
+
+_HANDLED = (NonFiniteLossError, ValueError, TypeError, OSError)
+
+
+@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=_DEFAULTS.objective, show_default=True,
+              help="Training objective: ll (maximum likelihood), adv (adversarial, neural discriminator), mmd "
+                   "(maximum mean discrepancy), pae (probabilistic auto-encoding over data and Gaussian latents).")
+@click.option("--dataset", type=click.Choice(DATASETS), default=_DEFAULTS.dataset, show_default=True,
+              help="Data set: a synthetic 2-D set or an image set (digits is bundled and needs no files).")
+@click.option("--data-root", default=_DEFAULTS.data_root, show_default=True, type=click.Path(file_okay=False),
+              help="Folder with the torchvision-format data files (and the HDF5 cache).")
+@click.option("--download/--no-download", default=_DEFAULTS.download, show_default=True,
+              help="Download missing data files into --data-root.")
+@click.option("--leaf", type=click.Choice(LEAVES), default=_DEFAULTS.leaf, show_default=True,
+              help="Leaf type; auto: binomial for images, normal for 2-D data.")
+@click.option("--depth", type=_POSITIVE_INT, default=None, show_default="auto: min(4, floor(log2 F))",
+              help="Circuit depth D (2^D leaf regions per repetition).")
+@click.option("--repetitions", "num_repetitions", type=_POSITIVE_INT, default=_DEFAULTS.num_repetitions,
+              show_default=True, help="Repetitions R (random trees mixed at the root).")
+@click.option("--sums", "num_sums", type=_POSITIVE_INT, default=_DEFAULTS.num_sums, show_default=True,
+              help="Sum units K per region.")
+@click.option("--leaves", "num_leaves", type=_POSITIVE_INT, default=_DEFAULTS.num_leaves, show_default=True,
+              help="Leaf components per leaf region.")
+@click.option("--temperature", type=click.Choice(TEMPERATURES), default=_DEFAULTS.temperature, show_default=True,
+              help="Gumbel-Softmax temperature: constant (--tau), annealed (from --tau down to --tau-min at "
+                   "--tau-rate) or learned (starting at --tau).")
+@click.option("--tau", type=_POSITIVE, default=_DEFAULTS.tau, show_default=True,
+              help="Constant, starting or initial temperature.")
+@click.option("--tau-min", type=_POSITIVE, default=_DEFAULTS.tau_min, show_default=True,
+              help="Floor of the annealed temperature.")
+@click.option("--tau-rate", type=_NON_NEGATIVE, default=_DEFAULTS.tau_rate, show_default=True,
+              help="Decay rate of the annealed temperature: tau * exp(-rate * epoch / epochs).")
+@click.option("--straight-through/--soft", "straight_through", default=_DEFAULTS.straight_through,
+              show_default=True, help="Differentiable samples: exact forward with straight-through gradients, "
+                                      "or the paper's soft interpolation of child samples.")
+@click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=_DEFAULTS.interpolation,
+              show_default=True, help="Soft selections per sum unit (the paper's) or per region (K times cheaper).")
+@click.option("--lr", type=_POSITIVE, default=_DEFAULTS.lr, show_default=True,
+              help="Adam learning rate of the circuit (and a learned temperature).")
+@click.option("--batch-size", type=_POSITIVE_INT, default=_DEFAULTS.batch_size, show_default=True,
+              help="Examples per mini-batch.")
+@click.option("--epochs", type=_POSITIVE_INT, default=_DEFAULTS.epochs, show_default=True,
+              help="Epochs in all (pre-training included); with --resume, more epochs extend the run.")
+@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True,
+              help="Seeds the data split, the model, the shuffles and the sampler.")
+@click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True,
+              help="auto: CUDA if available, else CPU.")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              show_default="runs/OBJECTIVE-DATASET-seedSEED",
+              help="Run folder: config.json, metrics.jsonl, samples_epochNNN.png, checkpoint.pt, samples.h5.")
+@click.option("--resume", is_flag=True, default=False,
+              help="Continue the run in --output from its checkpoint (its saved options are used; only --epochs, "
+                   "--device and --progress may be given besides).")
+@click.option("--pretrain-epochs", type=click.IntRange(min=0), default=_DEFAULTS.pretrain_epochs, show_default=True,
+              help="First epochs that minimize the negative log-likelihood instead of the objective.")
+@click.option("--nll-weight", type=_NON_NEGATIVE, default=_DEFAULTS.nll_weight, show_default=True,
+              help="Hybrid loss: objective + weight * NLL (0: the objective alone; not for ll).")
+@click.option("--discriminator-steps", type=_POSITIVE_INT, default=_DEFAULTS.discriminator_steps,
+              show_default=True, help="Discriminator (adv) or kernel encoder (mmd) updates per circuit update.")
+@click.option("--discriminator-lr", type=_POSITIVE, default=_DEFAULTS.discriminator_lr, show_default=True,
+              help="Adam learning rate of the discriminator (adv).")
+@click.option("--mmd-adversarial/--mmd-fixed", "mmd_adversarial", default=_DEFAULTS.mmd_adversarial,
+              show_default=True, help="MMD kernel: learned adversarially by an encoder (MMD-GAN) or fixed RBF "
+                                      "kernels on the data.")
+@click.option("--encoder-lr", type=_POSITIVE, default=_DEFAULTS.encoder_lr, show_default=True,
+              help="Adam learning rate of the MMD kernel encoder.")
+@click.option("--latent-dim", type=_POSITIVE_INT, default=_DEFAULTS.latent_dim, show_default=True,
+              help="Gaussian latent variables of the pae objective.")
+@click.option("--num-final-samples", type=_POSITIVE_INT, default=_DEFAULTS.num_final_samples, show_default=True,
+              help="Samples written to samples.h5 at the end.")
+@click.option("--max-batches-per-epoch", type=_POSITIVE_INT, default=None, show_default="all",
+              help="Cut every epoch (and validation) to this many batches, for smoke tests.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar (shown only on a terminal).")
+@click.pass_context
+def train(ctx: click.Context, resume: bool, progress: bool, **options: Any) -> None:
+    """Train a sum-product network with differentiable sampling and write a run folder.
+
+    \b
+    The run folder (--output) holds:
+      config.json             every option of the run
+      metrics.jsonl           one JSON line per epoch (train_loss, val_nll, temperature, seconds, ...)
+      samples_epochNNN.png    samples (images) or the density with samples and data (2-D sets)
+      checkpoint.pt           the state after the last finished epoch (continue it with --resume)
+      samples.h5              --num-final-samples samples at the end
+
+    \b
+    Examples:
+      pyrospn-train                                    # maximum likelihood on the bundled 8x8 digits
+      pyrospn-train --objective adv --dataset mnist --download --epochs 30 --output runs/adv-mnist
+      pyrospn-train --output runs/adv-mnist --resume   # continue after an interruption
+    """
+    try:
+        if resume:
+            given = [name for name in ctx.params if name not in _RESUME_OPTIONS
+                     and ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+            if given:
+                raise click.UsageError(f"--resume takes its options from the checkpoint; remove "
+                                       f"{', '.join(_option_name(ctx, name) for name in given)}")
+            if options["output"] is None:
+                raise click.UsageError("--resume needs --output RUN_DIR")
+            given_epochs = ctx.get_parameter_source("epochs") is not ParameterSource.DEFAULT
+            given_device = ctx.get_parameter_source("device") is not ParameterSource.DEFAULT
+            trainer = Trainer.resume(options["output"], device=options["device"] if given_device else None,
+                                     epochs=options["epochs"] if given_epochs else None, progress=progress)
+        else:
+            trainer = Trainer(TrainConfig(**options), progress=progress)
+        trainer.fit()
+    except _HANDLED as error:
+        raise _failure(error) from None
+    except KeyboardInterrupt:
+        raise _Failure("interrupted; continue from the last finished epoch with --resume", exit_code=130) from None
+    click.echo(f"run written to {trainer.run_dir}")
+
+
+def _option_name(ctx: click.Context, name: str) -> str:
+    option = next(p for p in ctx.command.params if p.name == name)
+    return option.opts[0]
+
+
+@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--checkpoint", "run", required=True, type=click.Path(path_type=Path),
+              help="A run folder (or its checkpoint.pt).")
+@click.option("--num-samples", type=_POSITIVE_INT, default=64, show_default=True,
+              help="Samples to draw, or test images to complete with --inpaint.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              show_default="RUN/sample.png or RUN/inpaint_SIDE.png",
+              help="The picture: a grid of samples (2-D data: the density with the samples), or with --inpaint "
+                   "rows of originals, masked images, conditional samples and MPE completions.")
+@click.option("--inpaint", type=click.Choice(SIDES), default=None,
+              help="Complete test images whose given half is missing instead of sampling unconditionally.")
+@click.option("--hdf5", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the samples (or completions), in data units, to this HDF5 file.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, show_default="the run's",
+              help="Folder with the data files, for the test images of --inpaint.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds the sampler.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="auto: CUDA if available, else CPU.")
+def sample(run: Path, num_samples: int, output: Path | None, inpaint: str | None, hdf5: Path | None,
+           data_root: str | None, seed: int, device: str) -> None:
+    """Draw samples from a trained run, or complete half-masked test images (inpainting).
+
+    \b
+    Examples:
+      pyrospn-sample --checkpoint runs/adv-mnist --num-samples 100 --hdf5 samples.h5
+      pyrospn-sample --checkpoint runs/adv-mnist --inpaint left --output inpainting.png
+    """
+    folder = run.parent if run.is_file() else run
+    picture = output or folder / ("sample.png" if inpaint is None else f"inpaint_{inpaint}.png")
+    try:
+        saved = SavedRun.load(run, device)
+        torch.manual_seed(seed)
+        for path in (picture, hdf5):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        if inpaint is None:
+            write_samples(saved, num_samples, picture, hdf5)
+        else:
+            write_inpainting(saved, inpaint, num_samples, picture, hdf5, data_root)
+    except _HANDLED as error:
+        raise _failure(error) from None
+    click.echo(f"picture written to {picture}" + ("" if hdf5 is None else f", samples to {hdf5}"))
+
+
+def main_train() -> None:
+    """Entry point of the ``pyrospn-train`` console script."""
+    train.main(prog_name="pyrospn-train")
+
+
+def main_sample() -> None:
+    """Entry point of the ``pyrospn-sample`` console script."""
+    sample.main(prog_name="pyrospn-sample")
+
+
+if __name__ == "__main__":
+    main_train()

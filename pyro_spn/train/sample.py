@@ -1,0 +1,135 @@
+"""Using a finished (or running) run: load its checkpoint, draw samples, complete half-masked test images."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..data import Preprocessing, load_dataset
+from ..distribution import SPNDistribution
+from ..objectives import AutoEncodingObjective, HybridObjective, Objective
+from .checkpoint import checkpoint_content, checkpoint_path, load_checkpoint
+from .config import TrainConfig
+from .model import DataInfo, Model, resolve_device
+from .pictures import save_inpainting_picture
+from .records import write_hdf5
+
+SIDES: tuple[str, ...] = ("top", "bottom", "left", "right")
+_KEYS = ("config", "epoch", "spn", "temperature", "preprocessing", "data")
+
+
+@dataclass
+class SavedRun:
+    """A run's model restored from its checkpoint, with what is needed to map samples back to data units."""
+
+    config: TrainConfig
+    model: Model
+    preprocessing: Preprocessing
+    epoch: int
+
+    @classmethod
+    def load(cls, run: str | os.PathLike, device: str = "auto") -> SavedRun:
+        """Restores the circuit and temperature of the checkpoint ``run`` (a run folder or the file itself).
+
+        Raises:
+            FileNotFoundError: no checkpoint there.
+            CheckpointError: the file is unreadable or not a checkpoint of this package.
+        """
+        path = checkpoint_path(run)
+        state = load_checkpoint(path, _KEYS)
+        with checkpoint_content(path):
+            config = TrainConfig.from_json(state["config"]).validate()
+            model = Model.build(config, DataInfo.from_state_dict(state["data"]))
+            model.spn.load_state_dict(state["spn"])
+            model.temperature.load_state_dict(state["temperature"])
+            preprocessing = Preprocessing.from_state_dict(state["preprocessing"])
+            epoch = int(state["epoch"])
+        return cls(config, model.to(resolve_device(device)), preprocessing, epoch)
+
+    @property
+    def info(self) -> DataInfo:
+        return self.model.info
+
+    def write_picture(self, path: Path, num_samples: int) -> Tensor:
+        """Writes a picture of ``num_samples`` samples (2-D data: of the density with them); returns them in
+        data units ``[num_samples, *event_shape]``."""
+        samples = self.model.sample(num_samples, self.config.batch_size)
+        self.model.save_picture(path, self.preprocessing, self.config.batch_size, samples=samples)
+        return self.preprocessing.inverse(samples)
+
+    def test_images(self, num_images: int, data_root: str | os.PathLike | None = None) -> Tensor:
+        """The first ``num_images`` test images of the run's data set, in model space, read from ``data_root``
+        (default: the run's).
+
+        Raises:
+            ValueError: the run's data are not images.
+            DatasetNotFoundError: the data files are missing from the run's ``data_root``.
+        """
+        if not self.info.is_image:
+            raise ValueError(f"inpainting needs an image data set; {self.info.name!r} is 2-D")
+        root = self.config.data_root if data_root is None else data_root
+        data = load_dataset(self.info.name, leaf=self.info.leaf, root=root, seed=self.config.seed,
+                            num_samples=max(num_images, 10))
+        return data.test[:num_images]
+
+    @torch.no_grad()
+    def inpaint(self, images: Tensor, side: str) -> dict[str, Tensor]:
+        """Completes ``images [N, C, H, W]`` (model space) with half ``side`` missing.
+
+        Returns:
+            In data units (``[0, 1]``): ``"original"``, ``"sample"`` (an exact conditional sample) and ``"mpe"``
+            (the most probable completion), each ``[N, C, H, W]``, and the boolean mask ``"missing"``.
+        """
+        missing = half_mask(images.shape, side)
+        evidence = torch.where(missing, torch.full_like(images, float("nan")), images).to(self.model.device)
+        d = self.model.distribution()
+        sample, mpe = _complete(self.model.objective, d, evidence)
+        inverse = self.preprocessing.inverse
+        return {"original": inverse(images), "sample": inverse(sample.cpu()), "mpe": inverse(mpe.cpu()),
+                "missing": missing}
+
+
+def half_mask(shape: torch.Size, side: str) -> Tensor:
+    """A boolean mask of ``shape`` ``[N, C, H, W]`` that is ``True`` on half ``side`` of every image."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {', '.join(SIDES)}; got {side!r}")
+    height, width = shape[-2:]
+    rows, columns = torch.arange(height)[:, None], torch.arange(width)[None, :]
+    half = {"top": rows < height // 2, "bottom": rows >= height // 2,
+            "left": columns < width // 2, "right": columns >= width // 2}[side]
+    return half.expand(shape)
+
+
+def _complete(objective: Objective, d: SPNDistribution, evidence: Tensor) -> tuple[Tensor, Tensor]:
+    """An exact conditional sample and the MPE completion of the NaN entries of data-shaped ``evidence``
+    (for PAE through the joint over data and latents, the latents missing)."""
+    base = objective.base if isinstance(objective, HybridObjective) else objective
+    if isinstance(base, AutoEncodingObjective):
+        joint = base.join(d, evidence, None)
+        return base.split(d.condition(joint).sample())[0], base.split(d.mpe(joint))[0]
+    return d.condition(evidence).sample(), d.mpe(evidence)
+
+
+def write_inpainting(saved: SavedRun, side: str, num_images: int, picture: Path, hdf5: Path | None,
+                     data_root: str | os.PathLike | None = None) -> None:
+    """Completes the first ``num_images`` test images (from ``data_root``, default the run's) with half ``side``
+    missing: a picture (rows: original, masked, sample, MPE) and optionally an HDF5 file with the same arrays."""
+    result = saved.inpaint(saved.test_images(num_images, data_root), side)
+    save_inpainting_picture(result["original"], result["missing"], result["sample"], result["mpe"], picture)
+    if hdf5 is not None:
+        write_hdf5(hdf5, {**result, "missing": result["missing"].to(torch.uint8)}, _attrs(saved, inpaint=side))
+
+
+def write_samples(saved: SavedRun, num_samples: int, picture: Path, hdf5: Path | None) -> None:
+    """Draws ``num_samples`` samples: a picture and optionally an HDF5 file ("samples", in data units)."""
+    samples = saved.write_picture(picture, num_samples)
+    if hdf5 is not None:
+        write_hdf5(hdf5, {"samples": samples}, _attrs(saved))
+
+
+def _attrs(saved: SavedRun, **extra: str) -> dict[str, str | int]:
+    return {"objective": saved.config.objective, "dataset": saved.config.dataset, "epoch": saved.epoch, **extra}
