@@ -134,6 +134,11 @@ class Leaf(nn.Module):
         """The most probable value of each component, shape ``[*B]``."""
         raise NotImplementedError
 
+    def gaussian_relaxation(self) -> tuple[Tensor, Tensor] | None:
+        """``(μ, σ)``, each ``[C, F, K, R]``, when every component's relaxed draw is exactly ``μ + σ ε`` with
+        ``ε ~ N(0, 1)`` (then sums of relaxed draws have a closed form); ``None`` otherwise."""
+        return None
+
     def mean_params(self, params: Params) -> Tensor:
         """The mean of each component, shape ``[*B]``."""
         raise NotImplementedError
@@ -252,6 +257,10 @@ class Normal(Leaf):
     def mode_params(self, params: Params) -> Tensor:
         return params["loc"].expand(torch.broadcast_shapes(params["loc"].shape, params["scale"].shape))
 
+    def gaussian_relaxation(self) -> tuple[Tensor, Tensor] | None:
+        params = self.params()
+        return params["loc"], params["scale"]
+
     mean_params = mode_params
 
 
@@ -263,12 +272,13 @@ class Binomial(Leaf):
 
     Args:
         total_count: ``N >= 1``, the number of trials (255 for 8-bit pixels).
-        clamp: clamp relaxed draws to ``[0, N]``, passing the gradient through the clamp unchanged.
+        clamp: clamp relaxed draws to ``[0, N]``, passing the gradient through the clamp unchanged (off by
+            default, as in the paper; relaxed draws are not samples of the leaf and may leave ``[0, N]``).
     """
 
     num_statistics = 1
 
-    def __init__(self, total_count: int, clamp: bool = True) -> None:
+    def __init__(self, total_count: int, clamp: bool = False) -> None:
         super().__init__()
         if isinstance(total_count, bool) or not isinstance(total_count, int) or total_count < 1:
             raise ValueError(f"total_count must be an integer >= 1, got {total_count!r}")
@@ -321,6 +331,9 @@ class Binomial(Leaf):
         if self.clamp:
             draw = draw + (draw.clamp(0.0, float(self.total_count)) - draw).detach()
         return draw
+
+    def gaussian_relaxation(self) -> tuple[Tensor, Tensor] | None:
+        return None if self.clamp else self._moments(self.logits)
 
     def mode_params(self, params: Params) -> Tensor:
         probs = torch.sigmoid(params["logits"])
@@ -608,6 +621,17 @@ class Mixed(Leaf):
 
     def mode_params(self, params: Params) -> Tensor:
         return self._per_group(params, lambda leaf, p, _: leaf.mode_params(p))
+
+    def gaussian_relaxation(self) -> tuple[Tensor, Tensor] | None:
+        moments = [leaf.gaussian_relaxation() for leaf in self.groups]
+        if any(m is None for m in moments):
+            return None
+        starts = [sum(self.sizes[:g]) for g in range(len(self.sizes))]
+        group_type = self.feature_type[:, :, None, None]
+        return tuple(
+            self._pick(group_type, [self._widen(m[i], start) for m, start in zip(moments, starts, strict=True)])
+            for i in range(2)
+        )
 
     def mean_params(self, params: Params) -> Tensor:
         return self._per_group(params, lambda leaf, p, _: leaf.mean_params(p))

@@ -66,6 +66,36 @@ def _positive_int(name: str, value: int) -> int:
     return value
 
 
+class _ContractedSelectionGradient(torch.autograd.Function):
+    """The straight-through gradient of ``Σ_{r,i} a[n, r, l(v), i] · x̃[n, c, v, i, r]`` w.r.t. the leaf
+    selections ``a``, for leaves whose relaxed draws are ``x̃ = μ + σ ε``, without drawing them.
+
+    The forward value is zero (the term only enters a sample as ``t - t.detach()``). The gradient of
+    ``a[n, r, l, i]`` is ``Σ_{c, v ∈ (r, l)} g[n, c, v] · x̃[n, c, v, i, r]``: for the selected component
+    ``x̃`` is the coupled relaxation of the exact draw; for every other component the sum of independent
+    Gaussians is drawn at once as ``Σ g μ + sqrt(Σ g² σ²) · ξ``, the same law as drawing every ``x̃``,
+    from ``[N, R, L, I]`` instead of ``[N, C, F, I, R]`` random numbers.
+    """
+
+    @staticmethod
+    def forward(ctx, selection: Tensor, spn: RatSPN, mean_slots: Tensor, variance_slots: Tensor,
+                coupled: Tensor) -> Tensor:
+        ctx.spn = spn
+        ctx.save_for_backward(selection.detach(), mean_slots, variance_slots, coupled)
+        return coupled.new_zeros(coupled.shape)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        hard, mean_slots, variance_slots, coupled = ctx.saved_tensors
+        g = ctx.spn._slots(grad_output[..., None])[..., 0]  # [N, C, R, L, M]
+        mean = torch.einsum("ncrlm,rlmci->nrli", g, mean_slots)
+        std = torch.einsum("ncrlm,rlmci->nrli", g * g, variance_slots).clamp_min(0).sqrt()
+        grad = mean + std * torch.randn_like(std)
+        chosen = ctx.spn._slots((grad_output * coupled)[..., None])[..., 0].sum((1, 4))  # [N, R, L]
+        grad = torch.where(hard > 0.5, chosen[..., None], grad)
+        return grad, None, None, None, None
+
+
 class RatSPN(nn.Module):
     """A RAT-SPN over data of shape ``event_shape``.
 
@@ -320,9 +350,15 @@ class RatSPN(nn.Module):
             value = self.leaf.sample_params(selected)
             if rule == "hard":
                 return value
+            coupled = self.leaf.relaxed_params(selected, temperature, value)  # [N, C, F]
+            moments = self.leaf.gaussian_relaxation()
+            if moments is not None:
+                mean, std = (self._component_slots(m.detach()) for m in moments)
+                term = _ContractedSelectionGradient.apply(leaf_selection, self, mean, std * std, coupled.detach())
+                soft = term + (coupled - coupled.detach())
+                return value + (soft - soft.detach())
             a = self._variable_selection(leaf_selection)  # [N, F, I, R]
             all_params = {k: p.expand((num_samples,) + p.shape) for k, p in self.leaf.params().items()}
-            coupled = self.leaf.relaxed_params(selected, temperature, value)  # [N, C, F]
             # Other components enter the gradient only through their values (their selection is 0 forward),
             # so they are drawn without autograd history.
             with torch.no_grad():

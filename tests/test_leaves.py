@@ -373,7 +373,7 @@ def test_binomial_relaxed_gaussian_approximation_moments():
 
 def test_binomial_relaxed_clamp_keeps_gradient():
     big_n = 4
-    leaf = Binomial(total_count=big_n)  # clamp=True
+    leaf = Binomial(total_count=big_n, clamp=True)
     leaf.build(1, 1, 1, 1, torch.Generator().manual_seed(0))
     n = 5000
     logit = math.log(0.1 / 0.9)
