@@ -253,55 +253,69 @@ class RatSPN(nn.Module):
             log_w = layer.log_weights()  # [R, L, K_out, Q]
             pair_ll = None if upward is None else pair_log_likelihood(upward.layer_inputs[index])  # [N, R, L, Q]
             if rule == "straight_through" and interpolation == "unit" and pair_ll is None:
-                pairs = self._straight_through_unit_pairs(s, log_w, temperature)
-            elif interpolation == "unit" or rule == "expected":
-                logits = log_w.expand((num_samples,) + log_w.shape)
-                if pair_ll is not None:
-                    logits = logits + pair_ll[:, :, :, None, :]
-                pairs = torch.einsum("nrlk,nrlkq->nrlq", s, select(logits, rule, temperature))
+                left, right = self._straight_through_unit_children(s, log_w, temperature, layer.num_inputs)
             else:
-                mass = s.sum(-1, keepdim=True)  # [N, R, L, 1]
-                logits = torch.einsum("nrlk,rlkq->nrlq", s / mass.clamp_min(torch.finfo(s.dtype).tiny), log_w)
-                if pair_ll is not None:
-                    logits = logits + pair_ll
-                pairs = mass * select(logits, rule, temperature)
-            pairs = pairs.unflatten(-1, (layer.num_inputs, layer.num_inputs))
-            s = torch.stack([pairs.sum(-1), pairs.sum(-2)], dim=3).flatten(2, 3)  # [N, R, 2L, K_in]
+                if interpolation == "unit" or rule == "expected":
+                    logits = log_w.expand((num_samples,) + log_w.shape)
+                    if pair_ll is not None:
+                        logits = logits + pair_ll[:, :, :, None, :]
+                    pairs = torch.einsum("nrlk,nrlkq->nrlq", s, select(logits, rule, temperature))
+                else:
+                    # blend the units' logits by the selection from above; where nothing arrives (an unselected
+                    # repetition under one-hot rules) blend uniformly, so that its draws still follow the circuit
+                    mass = s.sum(-1, keepdim=True)  # [N, R, L, 1]
+                    blend = torch.where(mass > 0, s / mass.clamp_min(torch.finfo(s.dtype).tiny),
+                                        torch.full_like(s, 1.0 / s.shape[-1]))
+                    logits = torch.einsum("nrlk,rlkq->nrlq", blend, log_w)
+                    if pair_ll is not None:
+                        logits = logits + pair_ll
+                    pairs = mass * select(logits, rule, temperature)
+                pairs = pairs.unflatten(-1, (layer.num_inputs, layer.num_inputs))
+                left, right = pairs.sum(-1), pairs.sum(-2)
+            s = torch.stack([left, right], dim=3).flatten(2, 3)  # [N, R, 2L, K_in]
         return s
 
     @staticmethod
-    def _straight_through_unit_pairs(s: Tensor, log_w: Tensor, temperature: Tensor | float) -> Tensor:
-        """``Σ_k s_k · y_k`` for straight-through selections without evidence, without the ``K``-fold cost.
+    def _straight_through_unit_children(s: Tensor, log_w: Tensor, temperature: Tensor | float,
+                                        num_inputs: int) -> tuple[Tensor, Tensor]:
+        """Child selections of ``Σ_k s_k · y_k`` for straight-through selections without evidence, without
+        the ``K``-fold (and ``R``-fold) cost.
 
-        With one-hot ``s`` (forward), only the selected unit's soft ``y`` receives a gradient; every other
-        unit contributes its hard draw alone (to the gradient of ``s``). So every unit draws its child pair
-        by inverse CDF, the pairs are scattered with weights ``s``, and the selected unit's soft selection
-        is built from Gumbel noise conditioned on its draw: the same estimator in law as per-unit
-        Gumbel-Softmax straight-through, on ``[N, R, L, Q]`` instead of ``[N, R, L, K, Q]`` tensors.
+        With one-hot ``s`` (forward), a unit's soft ``y`` receives a gradient only where ``s`` is 1: the
+        selected unit of the selected repetition. Every other unit contributes its hard draw alone (to the
+        gradient of ``s``). So every unit draws its child pair by inverse CDF, the draws are scattered into
+        the child selections with weights ``s``, and the soft selection of the selected units alone is built
+        from Gumbel noise conditioned on their draws: the same estimator in law as per-unit Gumbel-Softmax
+        straight-through, on ``[N, L, Q]`` and ``[N, R, L, K]`` tensors instead of ``[N, R, L, K, Q]``.
 
         Args:
-            s: ``[N, R, L, K]`` straight-through one-hot selections of the units.
-            log_w: ``[R, L, K, Q]`` normalized log-weights.
+            s: ``[N, R, L, K]`` straight-through one-hot selections of the units (one repetition nonzero).
+            log_w: ``[R, L, K, Q]`` normalized log-weights, ``Q = num_inputs²``.
 
         Returns:
-            ``[N, R, L, Q]`` pair selections.
+            ``(left, right)``, each ``[N, R, L, num_inputs]``.
         """
         num_samples = s.shape[0]
         num_repetitions, num_regions, num_units, num_pairs = log_w.shape
+        samples = torch.arange(num_samples, device=s.device)
         with torch.no_grad():
             cdf = log_w.exp().cumsum(-1)  # [R, L, K, Q]
             u = torch.rand((num_repetitions, num_regions, num_units, num_samples), dtype=s.dtype, device=s.device)
             index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_max(num_pairs - 1)
             index = index.permute(3, 0, 1, 2)  # [N, R, L, K]
-            unit = s.detach().argmax(-1)  # [N, R, L], the selected unit (any unit where s is all-zero)
-            mass = s.detach().sum(-1, keepdim=True)  # [N, R, L, 1], 1 on the selected repetition, else 0
-        hard = torch.zeros(s.shape[:3] + (num_pairs,), dtype=s.dtype, device=s.device).scatter_add(-1, index, s)
-        repetition = torch.arange(num_repetitions, device=s.device)[None, :, None]
-        region = torch.arange(num_regions, device=s.device)[None, None, :]
-        logits = log_w[repetition, region, unit]  # [N, R, L, Q]
-        perturbed = conditional_gumbel(logits, index.gather(-1, unit[..., None])[..., 0])
+            repetition = s.detach().sum((2, 3)).argmax(1)  # [N], the selected repetition
+            unit = s.detach()[samples, repetition].argmax(-1)  # [N, L], its selected units
+            chosen = index[samples, repetition].gather(-1, unit[..., None])[..., 0]  # [N, L]
+        left = s.new_zeros(s.shape[:3] + (num_inputs,)).scatter_add(-1, index // num_inputs, s)
+        right = s.new_zeros(s.shape[:3] + (num_inputs,)).scatter_add(-1, index % num_inputs, s)
+        region = torch.arange(num_regions, device=s.device)[None, :]
+        logits = log_w[repetition[:, None], region, unit]  # [N, L, Q]
+        perturbed = conditional_gumbel(logits, chosen)
         soft = ((logits + (perturbed - logits).detach()) / temperature).softmax(-1)
-        return hard + mass * (soft - soft.detach())
+        delta = (soft - soft.detach()).unflatten(-1, (num_inputs, num_inputs))  # zero forward
+        left = left.index_put((samples, repetition), delta.sum(-1), accumulate=True)
+        right = right.index_put((samples, repetition), delta.sum(-2), accumulate=True)
+        return left, right
 
     def _variable_selection(self, leaf_selection: Tensor) -> Tensor:
         """``[N, R, L, I]`` leaf-region selections → ``[N, F, I, R]`` per-variable selections."""
