@@ -27,9 +27,19 @@ def colormap(values: Tensor) -> Tensor:
     return _ANCHORS[low] * (1 - weight) + _ANCHORS[low + 1] * weight
 
 
+MIN_TILE = 32  # pixels: smaller images (8×8 digits) are enlarged, pixel for pixel, to at least this size
+
+
+def _enlarge(images: Tensor) -> Tensor:
+    """Nearest-neighbour enlargement of ``[N, C, H, W]`` images by an integer factor to ``>= MIN_TILE`` pixels."""
+    factor = math.ceil(MIN_TILE / min(images.shape[-2:]))
+    return images.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else images
+
+
 def save_image_grid(images: Tensor, path: Path) -> None:
-    """Images ``[N, C, H, W]`` in ``[0, 1]`` as one roughly square grid."""
-    save_image(images.detach().cpu().float(), path, nrow=math.ceil(math.sqrt(images.shape[0])), padding=1)
+    """Images ``[N, C, H, W]`` in ``[0, 1]`` as one roughly square grid (small images enlarged)."""
+    images = _enlarge(images.detach().cpu().float())
+    save_image(images, path, nrow=math.ceil(math.sqrt(images.shape[0])), padding=2, pad_value=0.5)
 
 
 def _plot_points(picture: Tensor, points: Tensor, low: Tensor, high: Tensor, color: tuple[float, float, float]
@@ -92,4 +102,4 @@ def save_inpainting_picture(original: Tensor, missing: Tensor, sample: Tensor, m
         for row in rows:
             block = row[start:start + columns]
             tiles.append(torch.cat([block, block.new_ones((columns - block.shape[0],) + block.shape[1:])]))
-    save_image(make_grid(torch.cat(tiles).float(), nrow=columns, padding=1), path)
+    save_image(make_grid(_enlarge(torch.cat(tiles).float()), nrow=columns, padding=2, pad_value=0.5), path)
