@@ -69,7 +69,7 @@ def test_train_and_sample_digits(tmp_path, objective):
     check_run(run, objective, "digits", (1, 8, 8))
 
     assert_ok(invoke(sample, "--checkpoint", run, "--num-samples", 9, "--hdf5", tmp_path / "s.h5"))
-    assert picture_size(run / "sample.png") == (3 * 9 + 1, 3 * 9 + 1)
+    assert picture_size(run / "sample.png") == (3 * 34 + 2, 3 * 34 + 2)  # 8 × 8 enlarged to 32 × 32, 2-pixel borders
     with h5py.File(tmp_path / "s.h5") as file:
         samples = file["samples"][()]
         assert samples.shape == (9, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
@@ -77,7 +77,7 @@ def test_train_and_sample_digits(tmp_path, objective):
     picture = tmp_path / "pictures" / "inpaint.png"
     assert_ok(invoke(sample, "--checkpoint", run / "checkpoint.pt", "--inpaint", "top", "--num-samples", 3,
                      "--output", picture, "--hdf5", tmp_path / "i.h5"))
-    assert picture_size(picture) == (3 * 9 + 1, 4 * 9 + 1)  # rows: original, masked, sample, MPE
+    assert picture_size(picture) == (3 * 34 + 2, 4 * 34 + 2)  # rows: original, masked, sample, MPE
     with h5py.File(tmp_path / "i.h5") as file:
         original, completed, missing = file["original"][()], file["sample"][()], file["missing"][()].astype(bool)
         assert missing[:, :, :4].all() and not missing[:, :, 4:].any()

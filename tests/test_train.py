@@ -129,7 +129,7 @@ def test_fit_writes_the_run_folder(tmp_path):
     for record in records:
         assert {"epoch", "train_loss", "val_nll", "temperature", "seconds"} <= set(record)
     with Image.open(run / "samples_epoch002.png") as picture:
-        assert picture.size == (8 * 9 + 1, 8 * 9 + 1)  # 64 samples of 8 × 8 with 1-pixel padding
+        assert picture.size == (8 * 34 + 2, 8 * 34 + 2)  # 64 samples of 8 × 8 enlarged to 32 × 32, 2-pixel borders
     state = load_checkpoint(run / "checkpoint.pt")  # weights_only=True
     assert state["epoch"] == 2 and TrainConfig.from_json(state["config"]) == config
     with h5py.File(run / "samples.h5") as file:
