@@ -27,6 +27,9 @@ from typing import Any, TextIO
 import torch
 
 # Operation names, in table order.
+# Pause before every timed call: an idle worker's OpenMP threads spin for a while after its last call and
+# would otherwise compete with the worker being timed for the 2 cores.
+SETTLE_S = 0.05
 LOG_PROB = "log_prob"
 TRAIN_STEP = "train_step"
 SAMPLE = "sample"

@@ -23,11 +23,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from _common import OPERATION_LABELS, OPERATIONS, Config
+from _common import OPERATION_LABELS, OPERATIONS, SETTLE_S, Config
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_worker.py"
@@ -141,7 +142,9 @@ def start_workers(results: dict[str, LibResult], cfg: Config, env: dict[str, str
 
 
 def time_once(worker: Worker, op_result: OpResult, op: str) -> float | None:
-    """One timed call; records a failure in ``op_result`` and returns None if it raised."""
+    """One timed call (after ``SETTLE_S`` of quiet); records a failure in ``op_result`` and returns None if it
+    raised."""
+    time.sleep(SETTLE_S)
     answer = worker.request({"cmd": "time", "op": op})
     if "error" in answer:
         op_result.error = answer["error"]

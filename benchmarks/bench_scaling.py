@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from _common import LOG_PROB, OPERATION_LABELS, RSAMPLE_ST, SAMPLE, TRAIN_STEP, Config
+from _common import LOG_PROB, OPERATION_LABELS, RSAMPLE_ST, SAMPLE, SETTLE_S, TRAIN_STEP, Config
 from bench_circuit import QUICK, Worker, WorkerError, thread_env
 
 OURS = "pyro_spn"
@@ -40,7 +40,6 @@ QUICK_SIDES = (8, 12, 16)
 # Pause before every timed call: after a parallel region, libgomp's threads busy-wait for a while
 # (GOMP_SPINCOUNT), and if the worker that ran last still spins on the cores, the next worker's threads
 # are descheduled at every barrier (tens of ms per call on 2 cores).
-SETTLE_S = 0.05
 # Sweep name -> (unit of x, its abbreviation, axis label).
 UNITS = {"batch": ("example", "ex", "batch size (examples)"), "variables": ("variable", "var", "number of variables")}
 
