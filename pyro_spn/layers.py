@@ -6,8 +6,14 @@ All values are log-likelihoods (log-space everywhere).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
+
+#: Shifted child log-likelihoods are floored at this fraction of log(smallest normal float) before exp:
+#: -30.6 nats in float32, -248 in float64.
+_EXP_FLOOR_FRACTION = 0.35
 
 
 def split_children(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,10 +84,17 @@ class EinsumLayer(nn.Module):
         """
         left, right = split_children(x)
         left_max, right_max = _stable_max(left), _stable_max(right)
-        # pairs in [R, L, N, K_in * K_in] layout, so that the batched matmul over (R, L) needs no copy
-        left_scaled = (left - left_max).exp().permute(1, 2, 0, 3)
-        right_scaled = (right - right_max).exp().permute(1, 2, 0, 3)
-        pairs = (left_scaled[..., :, None] * right_scaled[..., None, :]).flatten(-2)
+        # Children more than |floor| nats below their region's best are raised to the floor before exp, so
+        # that products of pairs and weights stay normal floats: subnormal arithmetic is ~10x slower on CPUs,
+        # and those children's true share of the sum (< e^floor of the best pair's) is below the precision.
+        floor = _EXP_FLOOR_FRACTION * math.log(torch.finfo(x.dtype).tiny)
+        # pairs in [R, L, N, K_in * K_in] layout, so that the batched matmul over (R, L) needs no copy; the outer
+        # products as a bmm, whose backward is two bmms instead of reductions over a broadcast product (2x faster)
+        left_scaled = (left - left_max).clamp_min(floor).exp().permute(1, 2, 0, 3)
+        right_scaled = (right - right_max).clamp_min(floor).exp().permute(1, 2, 0, 3)
+        num_inputs = left_scaled.shape[-1]
+        pairs = torch.bmm(left_scaled.reshape(-1, num_inputs, 1), right_scaled.reshape(-1, 1, num_inputs))
+        pairs = pairs.view(left_scaled.shape[:-1] + (num_inputs * num_inputs,))
         weights = self.logits.flatten(-2).softmax(-1).permute(2, 0, 3, 1)  # [R, L, K_in * K_in, K_out]
         mixed = torch.matmul(pairs, weights).permute(2, 0, 1, 3)  # [N, R, L, K_out]
         return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log() + left_max + right_max
