@@ -1,0 +1,53 @@
+"""The einsum layer against a direct log-sum-exp, including children hundreds of nats apart (where the layer
+floors children before exp to keep its arithmetic out of subnormal floats)."""
+
+import pytest
+import torch
+
+from pyro_spn.layers import EinsumLayer
+
+
+def reference(layer: EinsumLayer, x: torch.Tensor) -> torch.Tensor:
+    """``log Σ_ij w[k, i, j] exp(left_i + right_j)`` with torch.logsumexp, in float64."""
+    left, right = x[:, :, 0::2].double(), x[:, :, 1::2].double()
+    pairs = (left[..., :, None] + right[..., None, :]).flatten(-2)  # [N, R, L, Q]
+    log_w = layer.logits.double().flatten(-2).log_softmax(-1).permute(2, 0, 1, 3)  # [R, L, K, Q]
+    return torch.logsumexp(pairs[:, :, :, None, :] + log_w, dim=-1)
+
+
+@pytest.mark.parametrize("spread", [1.0, 50.0, 500.0, 5000.0])
+def test_layer_matches_log_sum_exp_in_float32(spread):
+    torch.manual_seed(0)
+    layer = EinsumLayer(4, 5, 3, 2, torch.Generator().manual_seed(1))
+    x = spread * torch.randn(16, 2, 8, 5) - 300.0
+    out = layer(x)
+    expected = reference(layer, x)
+    assert out.dtype == torch.float32
+    # float32 rounding of the region maxima (the output is their sum plus a log-sum-exp of the differences),
+    # plus the floored children's share (< e^-30 of the best pair's)
+    magnitude = x[:, :, 0::2].abs().amax(-1) + x[:, :, 1::2].abs().amax(-1)  # [N, R, L]
+    tolerance = 1e-6 * magnitude[..., None].double() + 1e-5
+    assert ((out.double() - expected).abs() <= tolerance).all()
+    # in float64 the floor (-248 nats) leaves the values exact
+    assert torch.allclose(layer.double()(x.double()), expected, rtol=1e-12, atol=1e-9)
+
+
+def test_layer_gradients_match_log_sum_exp():
+    torch.manual_seed(0)
+    layer = EinsumLayer(2, 4, 3, 2, torch.Generator().manual_seed(2)).double()
+    x = (200.0 * torch.randn(8, 2, 4, 4, dtype=torch.float64)).requires_grad_()
+    weights = torch.randn(8, 2, 2, 3, dtype=torch.float64)
+    (layer(x) * weights).sum().backward()
+    grad_x, grad_logits = x.grad.clone(), layer.logits.grad.clone()
+    x.grad = None
+    layer.logits.grad = None
+    (reference(layer, x) * weights).sum().backward()
+    assert torch.allclose(grad_x, x.grad, atol=1e-10)
+    assert torch.allclose(grad_logits, layer.logits.grad, atol=1e-10)
+
+
+def test_all_children_impossible_gives_minus_infinity_free_output():
+    layer = EinsumLayer(1, 3, 2, 1, torch.Generator().manual_seed(0))
+    x = torch.full((2, 1, 2, 3), -float("inf"))
+    out = layer(x)
+    assert not torch.isnan(out).any()
