@@ -85,11 +85,12 @@ def test_train_and_sample_digits(tmp_path, objective):
         assert file["mpe"].shape == (3, 1, 8, 8)
 
 
-@pytest.mark.parametrize("objective", ["ll", "adv", "mmd"])
+@pytest.mark.parametrize("objective", ["ll", "adv", "mmd", "pae"])
 def test_train_and_sample_2d(tmp_path, objective):
     run = tmp_path / "run"
+    latent = ("--latent-dim", "1") if objective == "pae" else ()
     assert_ok(invoke(train, "--objective", objective, "--dataset", "2-moons", "--output", run, *TINY,
-                     "--depth", "1"))
+                     "--depth", "1", *latent))
     check_run(run, objective, "2-moons", (2,))
     assert picture_size(run / "samples_epoch002.png") == (256, 256)
     assert_ok(invoke(sample, "--checkpoint", run, "--num-samples", 50, "--output", tmp_path / "density.png"))
