@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_circuit.py [--peer-python /work/peers-venv/bin/python] [--repeats 7]
+    python benchmarks/bench_circuit.py [--peer-python PYTHON] [--repeats 7]
         [--batch 128] [--threads 2] [--quick] [--json results.json]
 
 Every library runs in its own worker process (``_worker.py``), ours with this interpreter and the peers
@@ -34,7 +34,6 @@ HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_worker.py"
 OURS = "pyro_spn"
 PEERS = ("spflow-rat", "spflow-einet", "cirkit")
-DEFAULT_PEER_PYTHON = Path("/work/peers-venv/bin/python")
 QUICK = Config(image_shape=(1, 8, 8), depth=2, num_repetitions=2, num_sums=4, num_leaves=4, batch=16)
 # A fixed mmap threshold turns off glibc's adaptive one, so that freed large tensors go back to the
 # system at once and the resident set size follows the live tensors (memory measurements only).
@@ -283,9 +282,9 @@ def match_note(results: dict[str, LibResult], cfg: Config) -> str:
 def main() -> None:
     """Parse options, run all measurements, print the table and optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peer-python", type=Path,
-                        default=DEFAULT_PEER_PYTHON if DEFAULT_PEER_PYTHON.exists() else None,
-                        help="python of the peers' virtual environment (default: %(default)s)")
+    parser.add_argument("--peer-python", type=Path, default=Path(sys.executable),
+                        help="python with the peers installed (default: this one, where `pip install -e .[bench]` "
+                             "puts them; or a separate virtual environment's)")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ", ".join(PEERS))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, help="batch size (default 128, or 16 with --quick)")
@@ -303,10 +302,7 @@ def main() -> None:
 
     results = {OURS: LibResult(python=sys.executable)}
     for peer in peers:
-        if args.peer_python is None:
-            results[peer] = LibResult(python="", error="no peer python (--peer-python)")
-        else:
-            results[peer] = LibResult(python=str(args.peer_python))
+        results[peer] = LibResult(python=str(args.peer_python))
     env = thread_env(cfg.threads)
 
     print("starting workers ...", file=sys.stderr, flush=True)
