@@ -113,15 +113,15 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         hard: straight-through (``True``) or soft (``False``) differentiable samples.
         interpolation: ``"unit"``: every sum unit draws its own Gumbel vector and a region's selection is
             the selection-weighted sum of its units' (the paper's method); ``"region"``: a region draws
-            once from its units' logits blended by the selection arriving from above (``K``× cheaper; the
+            once from its units' logits blended by the selection arriving from above (``K`` times cheaper; the
             same for one-hot selections, a different relaxation for soft ones).
         validate_args: check values passed to :meth:`log_prob` (shape and support).
 
     References:
-
-    [1] Lang, Mundt, Ramos, Peharz, Kersting: Elevating Perceptual Sample Quality in Probabilistic
+        [1] Lang, Mundt, Ramos, Peharz, Kersting: Elevating Perceptual Sample Quality in Probabilistic
         Circuits through Differentiable Sampling.
-    [2] Jang, Gu, Poole: Categorical Reparameterization with Gumbel-Softmax.
+
+        [2] Jang, Gu, Poole: Categorical Reparameterization with Gumbel-Softmax.
     """
 
     arg_constraints = {"temperature": constraints.positive}

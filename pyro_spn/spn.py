@@ -228,7 +228,7 @@ class RatSPN(nn.Module):
         region's pair selection is ``Σ_k s_k · y_k`` with ``s`` the selection arriving from above; the left
         child receives its marginal over ``i``, the right child over ``j``. With ``interpolation="region"``
         the region instead draws once from the logits of its units blended by ``s`` (the same sampler for
-        one-hot rules, ``K``× cheaper; a different relaxation for soft rules).
+        one-hot rules, ``K`` times cheaper; a different relaxation for soft rules).
 
         Args:
             num_samples: ``N`` (must match ``upward``'s batch if given).

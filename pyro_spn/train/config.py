@@ -39,7 +39,7 @@ class TrainConfig:
         tau_rate: the annealed schedule's decay rate (``τ = max(tau_min, tau · exp(−rate · epoch / epochs))``).
         straight_through: exact samples forward, relaxed gradient backward; ``False`` (default) is the
             paper's soft interpolation of child samples (sample-based objectives only).
-        interpolation: ``"unit"`` (the paper's, every sum unit draws) or ``"region"`` (``K``× cheaper).
+        interpolation: ``"unit"`` (the paper's, every sum unit draws) or ``"region"`` (``K`` times cheaper).
         lr: the circuit's Adam learning rate.
         batch_size: examples per mini-batch.
         epochs: passes over the training split (pre-training epochs included).

@@ -1,0 +1,129 @@
+"""The documentation: every Python block of ``docs/`` runs, every command line in it parses against the real
+click commands (the quickstart's smoke run is executed), and ``sphinx-build -W`` builds it warning-free."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pyro_spn.train.cli import sample, train
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGES = sorted(p for p in DOCS.iterdir() if p.suffix in (".md", ".rst"))
+COMMANDS = {"pyrospn-train": train, "pyrospn-sample": sample}
+
+_MD_FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
+_RST_BLOCK = re.compile(r"^( *)\.\. code-block:: (\w+)\n((?:\1 +:[^\n]*\n)*)\n((?:(?:\1 +[^\n]*)?\n)+)", re.M)
+
+
+def code_blocks(page: Path, language: str) -> list[str]:
+    """The code blocks of ``language`` in a Markdown (```` ```python ````) or reStructuredText
+    (``.. code-block:: python``) page, in order."""
+    text = page.read_text(encoding="utf-8")
+    if page.suffix == ".md":
+        return [body for lang, body in _MD_FENCE.findall(text) if lang == language]
+    blocks = []
+    for match in _RST_BLOCK.finditer(text):
+        if match.group(2) == language:
+            lines = match.group(4).splitlines()
+            indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
+            blocks.append("\n".join(line[indent:] for line in lines) + "\n")
+    return blocks
+
+
+def command_lines(page: Path) -> list[list[str]]:
+    """The ``pyrospn-*`` command lines of the page's shell blocks, split into words (comments dropped)."""
+    lines = []
+    for block in code_blocks(page, "bash") + code_blocks(page, "console"):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            if words and words[0] in COMMANDS:
+                lines.append(words)
+    return lines
+
+
+def test_the_docs_have_code() -> None:
+    names = {p.name for p in PAGES}
+    assert {"index.md", "installation.md", "quickstart.md", "concepts.md", "objectives.md", "pyro.md",
+            "cli.rst", "api.rst", "performance.md"} <= names
+    assert sum(len(code_blocks(p, "python")) for p in PAGES) >= 20
+    assert len(command_lines(DOCS / "quickstart.md")) >= 3
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if code_blocks(p, "python")], ids=lambda p: p.name)
+def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's Python blocks run in order in one namespace, as a reader would paste them."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace: dict = {"__name__": f"docs_{page.stem}"}
+    for number, block in enumerate(code_blocks(page, "python"), start=1):
+        code = compile(block, f"{page.name}, python block {number}", "exec")
+        exec(code, namespace)  # noqa: S102 - the documentation's own examples
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if command_lines(p)], ids=lambda p: p.name)
+def test_command_lines_parse(page: Path) -> None:
+    """Every ``pyrospn-train`` / ``pyrospn-sample`` line of the docs is accepted by the real command."""
+    for words in command_lines(page):
+        command = COMMANDS[words[0]]
+        context = command.make_context(words[0], words[1:])  # raises click.UsageError for a bad option
+        context.close()
+
+
+def test_quickstart_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quickstart's first shell block (a smoke run, then sampling and inpainting) runs as written."""
+    monkeypatch.chdir(tmp_path)
+    first_block = code_blocks(DOCS / "quickstart.md", "bash")[0]
+    runner = CliRunner()
+    for line in first_block.splitlines():
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        result = runner.invoke(COMMANDS[words[0]], words[1:], prog_name=words[0])
+        assert result.exit_code == 0, (line, result.output)
+    run = tmp_path / "runs" / "quick"
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl", "samples.h5", "sample.png", "inpainted.png"):
+        assert (run / name).is_file(), name
+
+
+def test_every_public_module_is_in_the_api_reference() -> None:
+    text = (DOCS / "api.rst").read_text(encoding="utf-8")
+    for module in ("pyro_spn", "pyro_spn.leaves", "pyro_spn.structure", "pyro_spn.layers", "pyro_spn.sampling",
+                   "pyro_spn.spn", "pyro_spn.distribution", "pyro_spn.temperature", "pyro_spn.objectives",
+                   "pyro_spn.nets", "pyro_spn.data", "pyro_spn.train"):
+        assert f".. automodule:: {module}\n" in text, module
+    cli = (DOCS / "cli.rst").read_text(encoding="utf-8")
+    assert ".. click:: pyro_spn.train.cli:train" in cli and ".. click:: pyro_spn.train.cli:sample" in cli
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed")
+def test_make_figures(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("make_figures", DOCS / "make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.draw(tmp_path / "top_down.png")
+    assert (tmp_path / "top_down.png").stat().st_size > 10_000
+    assert (DOCS / "images" / "top_down.png").is_file()
+
+
+_SPHINX = all(importlib.util.find_spec(name) is not None for name in ("sphinx", "myst_parser", "sphinx_click"))
+
+
+@pytest.mark.skipif(not _SPHINX, reason="the docs extra (sphinx, myst-parser, sphinx-click) is not installed")
+def test_sphinx_build_is_warning_free(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d", str(tmp_path / "doctrees"),
+         str(DOCS), str(tmp_path / "html")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    for page in ("index", "quickstart", "concepts", "objectives", "pyro", "cli", "api", "performance"):
+        assert (tmp_path / "html" / f"{page}.html").is_file(), page
