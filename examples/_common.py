@@ -1,0 +1,72 @@
+"""Helpers shared by the example scripts (not part of the library).
+
+* :func:`smoke_mode`: whether to run the tiny, fast configuration (``--smoke-test`` or the ``CI`` variable).
+* :func:`output_dir`: the output folder, created.
+* :func:`make_parser`: an ``argparse`` parser with the options every example takes.
+* :func:`leaf_for`: the leaf layer matching a loaded :class:`~pyro_spn.data.Dataset`.
+* :func:`batches`: shuffled mini-batches of a tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pyro_spn.data import DATASETS, Dataset
+from pyro_spn.leaves import Bernoulli, Binomial, Leaf, Normal
+
+__all__ = ["batches", "leaf_for", "make_parser", "output_dir", "smoke_mode"]
+
+
+def smoke_mode(args: argparse.Namespace) -> bool:
+    """True if ``args.smoke_test`` is set or the ``CI`` environment variable is set (and not "0"/"false")."""
+    ci = os.environ.get("CI", "").strip().lower()
+    return bool(getattr(args, "smoke_test", False)) or ci not in ("", "0", "false", "no")
+
+
+def output_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path``, created with its parents if missing."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def make_parser(name: str, description: str | None = None, epochs: int = 10) -> argparse.ArgumentParser:
+    """A parser with ``--dataset`` (default "digits"), ``--data-root``, ``--download``, ``--epochs``,
+    ``--batch-size``, ``--lr``, ``--output`` (default ``runs/examples/<name>``), ``--seed`` and ``--smoke-test``."""
+    parser = argparse.ArgumentParser(prog=f"{name}.py", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (default: digits)")
+    parser.add_argument("--data-root", default="data", help="folder of the torchvision data files")
+    parser.add_argument("--download", action="store_true", help="download missing torchvision data files")
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default: {epochs})")
+    parser.add_argument("--batch-size", type=int, default=128, help="examples per mini-batch")
+    parser.add_argument("--lr", type=float, default=1e-2, help="the circuit's Adam learning rate")
+    parser.add_argument("--output", default=f"runs/examples/{name}", help="folder for pictures and results")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="tiny circuit, 1 epoch, few batches (also on when the CI variable is set)")
+    return parser
+
+
+def leaf_for(data: Dataset) -> Leaf:
+    """A fresh leaf layer for ``data.leaf``: ``Binomial(total_count)``, ``Normal()`` or ``Bernoulli()``."""
+    if data.leaf == "binomial":
+        return Binomial(total_count=data.total_count)
+    if data.leaf == "bernoulli":
+        return Bernoulli()
+    return Normal()
+
+
+def batches(x: Tensor, batch_size: int, max_batches: int | None = None, shuffle: bool = True) -> Iterator[Tensor]:
+    """Mini-batches of ``x`` (shuffled with the global RNG), at most ``max_batches`` of them."""
+    order = torch.randperm(x.shape[0]) if shuffle else torch.arange(x.shape[0])
+    for number, index in enumerate(order.split(batch_size)):
+        if max_batches is not None and number >= max_batches:
+            return
+        yield x[index]
