@@ -1,19 +1,34 @@
-"""Every Python code block of the README runs, in order, in one namespace."""
+"""The README's code runs: every Python block, in order, in one namespace; every CLI line parses."""
 
 import re
+import shlex
 from pathlib import Path
 
 import torch
 
+from pyro_spn.train.cli import sample, train
+
 README = Path(__file__).resolve().parents[1] / "README.md"
+COMMANDS = {"pyrospn-train": train, "pyrospn-sample": sample}
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
 
 
 def test_readme_python_blocks_run() -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "the README has no Python code block"
+    assert blocks("python"), "the README has no Python code block"
     torch.manual_seed(0)
     namespace: dict = {}
-    for block in blocks:
+    for block in blocks("python"):
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["completed"].shape == namespace["x"].shape
     assert not torch.isnan(namespace["completed"]).any()
+
+
+def test_readme_command_lines_parse() -> None:
+    lines = [shlex.split(line, comments=True) for block in blocks("bash") for line in block.splitlines()]
+    lines = [words for words in lines if words and words[0] in COMMANDS]
+    assert len(lines) >= 3
+    for words in lines:
+        COMMANDS[words[0]].make_context(words[0], words[1:]).close()  # click.UsageError for a bad option
