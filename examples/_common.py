@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pyro_spn.data import DATASETS, Dataset
+from pyro_spn.data import DATASETS, Dataset, load_dataset
 from pyro_spn.leaves import Bernoulli, Binomial, Leaf, Normal
 
 __all__ = ["batches", "leaf_for", "make_parser", "output_dir", "smoke_mode"]
@@ -70,3 +70,31 @@ def batches(x: Tensor, batch_size: int, max_batches: int | None = None, shuffle:
         if max_batches is not None and number >= max_batches:
             return
         yield x[index]
+
+
+def add_circuit_options(parser: argparse.ArgumentParser, depth: int, repetitions: int, sums: int,
+                        temperature: bool = False) -> None:
+    """Adds ``--depth``, ``--num-repetitions``, ``--num-sums`` (sum units and leaf components per region) and, for
+    the sample-based objectives, ``--tau`` / ``--tau-min`` (the annealed Gumbel-Softmax temperature)."""
+    parser.add_argument("--depth", type=int, default=depth, help="circuit depth D")
+    parser.add_argument("--num-repetitions", type=int, default=repetitions, help="repetitions R")
+    parser.add_argument("--num-sums", type=int, default=sums, help="sum units per region K")
+    if temperature:
+        parser.add_argument("--tau", type=float, default=1.0, help="starting Gumbel-Softmax temperature")
+        parser.add_argument("--tau-min", type=float, default=0.5, help="final Gumbel-Softmax temperature")
+
+
+def load_data(options: argparse.Namespace, smoke: bool) -> Dataset:
+    """The ``--dataset`` of the options; in smoke mode only 512 examples per split."""
+    return load_dataset(options.dataset, root=options.data_root, download=options.download, seed=options.seed,
+                        num_samples=512 if smoke else None)
+
+
+def circuit_sizes(options: argparse.Namespace, smoke: bool) -> tuple[int, int, int]:
+    """``(depth, repetitions, sums)`` of the options; tiny in smoke mode."""
+    return (2, 2, 4) if smoke else (options.depth, options.num_repetitions, options.num_sums)
+
+
+def schedule(options: argparse.Namespace, smoke: bool) -> tuple[int, int | None, int]:
+    """``(epochs, batches per epoch, batch size)`` of the options; one short epoch in smoke mode."""
+    return (1, 3, 32) if smoke else (options.epochs, None, options.batch_size)

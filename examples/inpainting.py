@@ -21,10 +21,18 @@ Writes ``inpainting.png`` (blocks of rows: original / masked / conditional sampl
 from __future__ import annotations
 
 import torch
-from _common import batches, leaf_for, make_parser, output_dir, smoke_mode
+from _common import (
+    add_circuit_options,
+    batches,
+    circuit_sizes,
+    leaf_for,
+    load_data,
+    make_parser,
+    output_dir,
+    smoke_mode,
+)
 
 from pyro_spn import RatSPN, SPNDistribution
-from pyro_spn.data import load_dataset
 from pyro_spn.train.pictures import save_inpainting_picture
 from pyro_spn.train.sample import SIDES, SavedRun, half_mask
 
@@ -35,9 +43,7 @@ def main(args: list[str] | None = None) -> None:
                                                            "training")
     parser.add_argument("--side", choices=SIDES, default="bottom", help="which half of each image is missing")
     parser.add_argument("--num-images", type=int, default=16, help="test images to complete")
-    parser.add_argument("--depth", type=int, default=4, help="circuit depth D")
-    parser.add_argument("--num-repetitions", type=int, default=10, help="repetitions R")
-    parser.add_argument("--num-sums", type=int, default=20, help="sum units per region K")
+    add_circuit_options(parser, depth=4, repetitions=10, sums=20)
     options = parser.parse_args(args)
     smoke = smoke_mode(options)
     out = output_dir(options.output)
@@ -53,11 +59,10 @@ def main(args: list[str] | None = None) -> None:
               f"picture in {out}")
         return
 
-    data = load_dataset(options.dataset, root=options.data_root, download=options.download, seed=options.seed,
-                        num_samples=512 if smoke else None)
+    data = load_data(options, smoke)
     if not data.is_image:
         parser.error(f"--dataset must be an image data set, got {options.dataset!r}")
-    depth, repetitions, sums = (2, 2, 4) if smoke else (options.depth, options.num_repetitions, options.num_sums)
+    depth, repetitions, sums = circuit_sizes(options, smoke)
     epochs, max_batches = (1, 3) if smoke else (options.epochs, None)
     spn = RatSPN(data.event_shape, depth=depth, num_repetitions=repetitions, num_sums=sums, num_leaves=sums,
                  leaf=leaf_for(data), seed=options.seed)

@@ -17,10 +17,19 @@ Writes ``samples_epochNNN.png`` and ``samples.png`` to ``--output`` (default ``r
 from __future__ import annotations
 
 import torch
-from _common import batches, leaf_for, make_parser, output_dir, smoke_mode
+from _common import (
+    add_circuit_options,
+    batches,
+    circuit_sizes,
+    leaf_for,
+    load_data,
+    make_parser,
+    output_dir,
+    schedule,
+    smoke_mode,
+)
 
 from pyro_spn import RatSPN, SPNDistribution
-from pyro_spn.data import load_dataset
 from pyro_spn.objectives import make_objective
 from pyro_spn.temperature import make_temperature
 from pyro_spn.train.pictures import save_image_grid
@@ -30,20 +39,15 @@ def main(args: list[str] | None = None) -> None:
     parser = make_parser("mmd", __doc__, epochs=20)
     parser.add_argument("--kernel", choices=("fixed", "learned"), default="fixed",
                         help="RBF kernels on the pixels (fixed) or on a learned encoder's features (MMD-GAN)")
-    parser.add_argument("--depth", type=int, default=3, help="circuit depth D")
-    parser.add_argument("--num-repetitions", type=int, default=5, help="repetitions R")
-    parser.add_argument("--num-sums", type=int, default=10, help="sum units per region K")
-    parser.add_argument("--tau", type=float, default=1.0, help="starting Gumbel-Softmax temperature")
-    parser.add_argument("--tau-min", type=float, default=0.5, help="final Gumbel-Softmax temperature")
+    add_circuit_options(parser, depth=3, repetitions=5, sums=10, temperature=True)
     options = parser.parse_args(args)
     smoke = smoke_mode(options)
     out = output_dir(options.output)
     torch.manual_seed(options.seed)
 
-    data = load_dataset(options.dataset, root=options.data_root, download=options.download, seed=options.seed,
-                        num_samples=512 if smoke else None)
-    depth, repetitions, sums = (2, 2, 4) if smoke else (options.depth, options.num_repetitions, options.num_sums)
-    epochs, max_batches, batch_size = (1, 3, 32) if smoke else (options.epochs, None, options.batch_size)
+    data = load_data(options, smoke)
+    depth, repetitions, sums = circuit_sizes(options, smoke)
+    epochs, max_batches, batch_size = schedule(options, smoke)
     spn = RatSPN(data.event_shape, depth=depth, num_repetitions=repetitions, num_sums=sums, num_leaves=sums,
                  leaf=leaf_for(data), seed=options.seed)
     scale = float(data.total_count) if data.leaf == "binomial" else 1.0  # kernels on [0, 1] pixels
