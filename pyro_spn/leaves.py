@@ -22,6 +22,7 @@ Sampling comes in three forms, all with the shapes of the parameters they are gi
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from numbers import Real
@@ -49,7 +50,7 @@ def _straight_through(value: Tensor, relaxed: Tensor) -> Tensor:
     return value + (relaxed - relaxed.detach())
 
 
-class Leaf(nn.Module):
+class Leaf(nn.Module, metaclass=abc.ABCMeta):
     """Base class of leaf layers.
 
     A leaf is created with its hyper-parameters only (``Binomial(total_count=255)``); the circuit that
@@ -74,8 +75,9 @@ class Leaf(nn.Module):
         self._init_parameters(torch.Size(shape), generator)
         self.shape = shape
 
+    @abc.abstractmethod
     def _init_parameters(self, shape: torch.Size, generator: torch.Generator) -> None:
-        raise NotImplementedError
+        """Creates the unconstrained parameters of ``shape = [C, F, K, R]`` components."""
 
     def _check_built(self) -> None:
         if self.shape is None:
@@ -83,13 +85,13 @@ class Leaf(nn.Module):
 
     # -- the distribution of every component ----------------------------------------------------------
     @property
+    @abc.abstractmethod
     def support(self) -> constraints.Constraint:
         """The support of every component (per channel entry)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def params(self) -> Params:
         """Constrained parameters, each ``[C, F, K, R, *param_event]``."""
-        raise NotImplementedError
 
     def natural_parameters(self) -> Tensor:
         """``η``, shape ``[C, F, K, R, S]``."""
@@ -99,9 +101,9 @@ class Leaf(nn.Module):
         """``A(η)``, shape ``[C, F, K, R]``."""
         return self.log_normalizer_of(self.params())
 
+    @abc.abstractmethod
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         """``T(x)`` for ``x`` of shape ``[*B]`` (values in the support); returns ``[*B, S]``."""
-        raise NotImplementedError
 
     def log_base_measure(self, x: Tensor) -> Tensor:
         """``h(x)``, same shape as ``x``."""
@@ -114,34 +116,34 @@ class Leaf(nn.Module):
         eta = self.natural_parameters_of(params)
         return (stats * eta).sum(-1) - self.log_normalizer_of(params) + self.log_base_measure(x)
 
+    @abc.abstractmethod
     def natural_parameters_of(self, params: Params) -> Tensor:
         """``η`` of the components ``params``, shape ``[*B, S]``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def log_normalizer_of(self, params: Params) -> Tensor:
         """``A(η)`` of the components ``params``, shape ``[*B]``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sample_params(self, params: Params) -> Tensor:
         """An exact draw from each component, shape ``[*B]``, no gradient."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def relaxed_params(self, params: Params, temperature: Tensor | float, value: Tensor | None = None) -> Tensor:
         """A differentiable draw, shape ``[*B]``; with ``value``, the relaxation of that exact draw."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def mode_params(self, params: Params) -> Tensor:
         """The most probable value of each component, shape ``[*B]``."""
-        raise NotImplementedError
 
     def gaussian_relaxation(self) -> tuple[Tensor, Tensor] | None:
         """``(μ, σ)``, each ``[C, F, K, R]``, when every component's relaxed draw is exactly ``μ + σ ε`` with
         ``ε ~ N(0, 1)`` (then sums of relaxed draws have a closed form); ``None`` otherwise."""
         return None
 
+    @abc.abstractmethod
     def mean_params(self, params: Params) -> Tensor:
         """The mean of each component, shape ``[*B]``."""
-        raise NotImplementedError
 
     # -- the same over all components of the layer ------------------------------------------------------
     def log_prob(self, x: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ in the module's ``state_dict`` (a buffer or a parameter), so it is saved with a 
 
 from __future__ import annotations
 
+import abc
 import math
 from numbers import Real
 
@@ -24,11 +25,12 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
-class Temperature(nn.Module):
+class Temperature(nn.Module, metaclass=abc.ABCMeta):
     """Base class: ``forward()`` returns the current ``τ``, a scalar tensor ``> 0``."""
 
+    @abc.abstractmethod
     def forward(self) -> Tensor:
-        raise NotImplementedError
+        """The current temperature, a scalar tensor ``> 0``."""
 
     def step(self, epoch: int, max_epochs: int) -> None:
         """Called by the trainer at the start of every epoch (``0 <= epoch``); a no-op by default."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from ..leaves import Leaf
 from ..spn import RatSPN
 
 
-class Objective(nn.Module):
+class Objective(nn.Module, metaclass=abc.ABCMeta):
     """A training loss over an :class:`~pyro_spn.SPNDistribution` and a data batch, usable without a trainer.
 
     The loss is minimized w.r.t. the circuit's parameters (and a learned temperature's). Objectives with
@@ -34,9 +35,9 @@ class Objective(nn.Module):
     name: str = ""
     optimizer: torch.optim.Optimizer | None = None
 
+    @abc.abstractmethod
     def loss(self, d: SPNDistribution, x: Tensor) -> Tensor:
         """The scalar loss of the batch ``x [N, *event_shape]``."""
-        raise NotImplementedError
 
     def auxiliary_step(self, d: SPNDistribution, x: Tensor) -> dict[str, float]:
         """Updates the objective's own neural parts on ``x [N, *event_shape]``; returns metrics."""
