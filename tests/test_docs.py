@@ -98,7 +98,7 @@ def test_every_public_module_is_in_the_api_reference() -> None:
     text = (DOCS / "api.rst").read_text(encoding="utf-8")
     for module in ("pyro_spn", "pyro_spn.leaves", "pyro_spn.structure", "pyro_spn.layers", "pyro_spn.sampling",
                    "pyro_spn.spn", "pyro_spn.distribution", "pyro_spn.temperature", "pyro_spn.objectives",
-                   "pyro_spn.nets", "pyro_spn.data", "pyro_spn.train"):
+                   "pyro_spn.nets", "pyro_spn.data", "pyro_spn.metrics", "pyro_spn.train"):
         assert f".. automodule:: {module}\n" in text, module
     cli = (DOCS / "cli.rst").read_text(encoding="utf-8")
     assert ".. click:: pyro_spn.train.cli:train" in cli and ".. click:: pyro_spn.train.cli:sample" in cli
