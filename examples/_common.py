@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pyro_spn import RatSPN
 from pyro_spn.data import DATASETS, Dataset, load_dataset
 from pyro_spn.leaves import Bernoulli, Binomial, Leaf, Normal
 
@@ -98,3 +100,23 @@ def circuit_sizes(options: argparse.Namespace, smoke: bool) -> tuple[int, int, i
 def schedule(options: argparse.Namespace, smoke: bool) -> tuple[int, int | None, int]:
     """``(epochs, batches per epoch, batch size)`` of the options; one short epoch in smoke mode."""
     return (1, 3, 32) if smoke else (options.epochs, None, options.batch_size)
+
+
+def build_circuit(data: Dataset, options: argparse.Namespace, smoke: bool) -> RatSPN:
+    """A RAT-SPN over the data set's event shape with the options' sizes (tiny in smoke mode) and a leaf that fits
+    the data set."""
+    depth, repetitions, sums = circuit_sizes(options, smoke)
+    return RatSPN(data.event_shape, depth=depth, num_repetitions=repetitions, num_sums=sums, num_leaves=sums,
+                  leaf=leaf_for(data), seed=options.seed)
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Runs the block on one torch thread (tiny tensors: more threads only add overhead and contend on small
+    machines), restoring the thread count afterwards, also on an error."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

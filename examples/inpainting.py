@@ -21,18 +21,9 @@ Writes ``inpainting.png`` (blocks of rows: original / masked / conditional sampl
 from __future__ import annotations
 
 import torch
-from _common import (
-    add_circuit_options,
-    batches,
-    circuit_sizes,
-    leaf_for,
-    load_data,
-    make_parser,
-    output_dir,
-    smoke_mode,
-)
+from _common import add_circuit_options, batches, build_circuit, load_data, make_parser, output_dir, smoke_mode
 
-from pyro_spn import RatSPN, SPNDistribution
+from pyro_spn import SPNDistribution
 from pyro_spn.train.pictures import save_inpainting_picture
 from pyro_spn.train.sample import SIDES, SavedRun, half_mask
 
@@ -62,10 +53,8 @@ def main(args: list[str] | None = None) -> None:
     data = load_data(options, smoke)
     if not data.is_image:
         parser.error(f"--dataset must be an image data set, got {options.dataset!r}")
-    depth, repetitions, sums = circuit_sizes(options, smoke)
     epochs, max_batches = (1, 3) if smoke else (options.epochs, None)
-    spn = RatSPN(data.event_shape, depth=depth, num_repetitions=repetitions, num_sums=sums, num_leaves=sums,
-                 leaf=leaf_for(data), seed=options.seed)
+    spn = build_circuit(data, options, smoke)
     d = SPNDistribution(spn)
     optimizer = torch.optim.Adam(spn.parameters(), lr=options.lr)
     for epoch in range(1, epochs + 1):

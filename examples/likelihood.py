@@ -16,18 +16,9 @@ Writes ``samples_epochNNN.png`` and ``samples.png`` to ``--output`` (default ``r
 from __future__ import annotations
 
 import torch
-from _common import (
-    add_circuit_options,
-    batches,
-    circuit_sizes,
-    leaf_for,
-    load_data,
-    make_parser,
-    output_dir,
-    smoke_mode,
-)
+from _common import add_circuit_options, batches, build_circuit, load_data, make_parser, output_dir, smoke_mode
 
-from pyro_spn import RatSPN, SPNDistribution
+from pyro_spn import SPNDistribution
 from pyro_spn.objectives import make_objective
 from pyro_spn.train.pictures import save_image_grid
 
@@ -41,10 +32,8 @@ def main(args: list[str] | None = None) -> None:
     torch.manual_seed(options.seed)
 
     data = load_data(options, smoke)
-    depth, repetitions, sums = circuit_sizes(options, smoke)
     epochs, max_batches = (1, 3) if smoke else (options.epochs, None)
-    spn = RatSPN(data.event_shape, depth=depth, num_repetitions=repetitions, num_sums=sums, num_leaves=sums,
-                 leaf=leaf_for(data), seed=options.seed)
+    spn = build_circuit(data, options, smoke)
     objective = make_objective("ll", event_shape=data.event_shape)  # the NLL, as a loss module
     optimizer = torch.optim.Adam(spn.parameters(), lr=options.lr)
     print(f"{options.dataset}: {data.train.shape[0]} training examples of shape {tuple(data.event_shape)}, "

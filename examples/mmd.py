@@ -20,8 +20,7 @@ import torch
 from _common import (
     add_circuit_options,
     batches,
-    circuit_sizes,
-    leaf_for,
+    build_circuit,
     load_data,
     make_parser,
     output_dir,
@@ -29,7 +28,7 @@ from _common import (
     smoke_mode,
 )
 
-from pyro_spn import RatSPN, SPNDistribution
+from pyro_spn import SPNDistribution
 from pyro_spn.objectives import make_objective
 from pyro_spn.temperature import make_temperature
 from pyro_spn.train.pictures import save_image_grid
@@ -46,10 +45,8 @@ def main(args: list[str] | None = None) -> None:
     torch.manual_seed(options.seed)
 
     data = load_data(options, smoke)
-    depth, repetitions, sums = circuit_sizes(options, smoke)
     epochs, max_batches, batch_size = schedule(options, smoke)
-    spn = RatSPN(data.event_shape, depth=depth, num_repetitions=repetitions, num_sums=sums, num_leaves=sums,
-                 leaf=leaf_for(data), seed=options.seed)
+    spn = build_circuit(data, options, smoke)
     scale = float(data.total_count) if data.leaf == "binomial" else 1.0  # kernels on [0, 1] pixels
     objective = make_objective("mmd", event_shape=data.event_shape, kernel=options.kernel, scale=scale)
     temperature = make_temperature("annealed", options.tau, options.tau_min)

@@ -45,7 +45,7 @@ from pyro_spn.leaves import Normal
 from pyro_spn.train.pictures import colormap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import output_dir, smoke_mode  # noqa: E402
+from _common import output_dir, single_thread, smoke_mode  # noqa: E402
 
 X_OBS = 4.0
 PRIOR_SCALE = 3.0
@@ -116,10 +116,8 @@ def main(args: list[str] | None = None) -> None:
     steps = 100 if smoke else options.steps
     eval_particles = 1000 if smoke else options.eval_particles
     out = output_dir(options.output)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead
     start = time.perf_counter()
-    try:
+    with single_thread():
         evidence = log_evidence()
         k = options.components
         spn = RatSPN(2, depth=1, num_repetitions=2, num_sums=k, num_leaves=k, leaf=Normal(), seed=options.seed)
@@ -151,8 +149,6 @@ def main(args: list[str] | None = None) -> None:
                  density_tile(auto_dist.log_prob, auto_samples)]
         picture = out / "posteriors.png"
         save_image(make_grid(torch.stack(tiles), nrow=3, padding=4, pad_value=1.0), picture)
-    finally:
-        torch.set_num_threads(threads)
 
     results = {"log_evidence": evidence, "spn_guide_elbo": spn_elbo, "autonormal_elbo": auto_elbo,
                "elbo_particles": eval_particles, "steps": steps, "smoke_test": smoke,

@@ -42,7 +42,7 @@ from pyro_spn.data import load_dataset
 from pyro_spn.leaves import Normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import output_dir, smoke_mode  # noqa: E402
+from _common import output_dir, single_thread, smoke_mode  # noqa: E402
 
 
 class VAE(nn.Module):
@@ -119,8 +119,6 @@ def main(args: list[str] | None = None) -> None:
     smoke = smoke_mode(options)
     epochs = 2 if smoke else options.epochs
     out = output_dir(options.output)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: more threads mostly add overhead
     start = time.perf_counter()
 
     data = load_dataset("digits", leaf="bernoulli", seed=options.seed, num_samples=200 if smoke else None)
@@ -128,7 +126,7 @@ def main(args: list[str] | None = None) -> None:
     num_features = train_x.shape[1]
     results: dict[str, dict[str, float]] = {}
     pictures = {}
-    try:
+    with single_thread():
         for name in ("normal", "spn"):
             torch.manual_seed(options.seed)
             spn = None
@@ -147,8 +145,6 @@ def main(args: list[str] | None = None) -> None:
             pictures[name] = make_grid(images, nrow=8, padding=2, pad_value=0.5)
             save_image(pictures[name], out / f"samples_{name}.png")
             print(f"{name:>6} prior: train ELBO {train_elbo:8.3f}  test ELBO {test_elbo:8.3f} nats/image", flush=True)
-    finally:
-        torch.set_num_threads(threads)
 
     picture = out / "prior_samples.png"
     save_image(make_grid(torch.stack([pictures["normal"], pictures["spn"]]), nrow=2, padding=8, pad_value=1.0),

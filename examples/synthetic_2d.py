@@ -44,7 +44,7 @@ from pyro_spn.objectives import make_objective
 from pyro_spn.train.pictures import colormap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import output_dir, smoke_mode  # noqa: E402
+from _common import output_dir, single_thread, smoke_mode  # noqa: E402
 
 COMPONENTS = {"2-clusters": 2, "varied": 3, "aniso": 30, "9-clusters": 9, "2-moons": 50, "2-circles": 30}
 OBJECTIVES = ("ll", "adv", "mmd")
@@ -149,45 +149,44 @@ def main(args: list[str] | None = None) -> None:
     size = 64 if smoke else 160
     out = output_dir(options.output)
     torch.manual_seed(options.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: more threads only add overhead (and contend on small machines)
-    start = time.perf_counter()
+    with single_thread():
+        start = time.perf_counter()
 
-    results: dict[str, dict[str, float]] = {}
-    rows: list[Tensor] = []
-    for name in options.datasets:
-        data = load_dataset(name, seed=options.seed, num_samples=num_samples)
-        mean, std = data.train.mean(0), data.train.std(0)
-        train, test = (data.train - mean) / std, (data.test - mean) / std
-        log_jacobian = float(std.log().sum())  # log p_raw(x) = log p_std((x - mean) / std) − Σ log std
-        low, high = data.train.min(0).values, data.train.max(0).values
-        low, high = low - 0.15 * (high - low), high + 0.15 * (high - low)
-        subset = data.train[:500]
-        truth = data.true_log_density
-        row = [tile(truth, low, high, [(subset, (1.0, 1.0, 1.0))], size)]
-        results[name] = {"K": COMPONENTS[name]}
-        if truth is not None:
-            results[name]["true"] = float(truth(data.test).mean())
-        for objective in OBJECTIVES:
-            spn = build_spn(COMPONENTS[name], train, options.seed, restarts=2 if smoke else 10)
-            final_loss = train_one(objective, spn, train, steps, batch_size, options.lr, options.tau,
-                                   options.discriminator_lr)
-            d = SPNDistribution(spn)
-            with torch.no_grad():
-                results[name][objective] = float(d.log_prob(test).mean()) - log_jacobian
-                samples = d.sample((300,)) * std + mean
-            results[name][f"{objective}_final_loss"] = final_loss
+        results: dict[str, dict[str, float]] = {}
+        rows: list[Tensor] = []
+        for name in options.datasets:
+            data = load_dataset(name, seed=options.seed, num_samples=num_samples)
+            mean, std = data.train.mean(0), data.train.std(0)
+            train, test = (data.train - mean) / std, (data.test - mean) / std
+            log_jacobian = float(std.log().sum())  # log p_raw(x) = log p_std((x - mean) / std) − Σ log std
+            low, high = data.train.min(0).values, data.train.max(0).values
+            low, high = low - 0.15 * (high - low), high + 0.15 * (high - low)
+            subset = data.train[:500]
+            truth = data.true_log_density
+            row = [tile(truth, low, high, [(subset, (1.0, 1.0, 1.0))], size)]
+            results[name] = {"K": COMPONENTS[name]}
+            if truth is not None:
+                results[name]["true"] = float(truth(data.test).mean())
+            for objective in OBJECTIVES:
+                spn = build_spn(COMPONENTS[name], train, options.seed, restarts=2 if smoke else 10)
+                final_loss = train_one(objective, spn, train, steps, batch_size, options.lr, options.tau,
+                                       options.discriminator_lr)
+                d = SPNDistribution(spn)
+                with torch.no_grad():
+                    results[name][objective] = float(d.log_prob(test).mean()) - log_jacobian
+                    samples = d.sample((300,)) * std + mean
+                results[name][f"{objective}_final_loss"] = final_loss
 
-            def log_density(points: Tensor, d: SPNDistribution = d, mean: Tensor = mean, std: Tensor = std) -> Tensor:
-                return d.log_prob((points - mean) / std)
+                def log_density(points: Tensor, d: SPNDistribution = d, mean: Tensor = mean,
+                                std: Tensor = std) -> Tensor:
+                    return d.log_prob((points - mean) / std)
 
-            row.append(tile(log_density, low, high, [(samples, (1.0, 0.25, 0.25))], size))
-        rows.append(torch.stack(row))
-        cells = "  ".join(f"{o.upper()} {results[name][o]:8.3f}" for o in OBJECTIVES)
-        true = f"  (true {results[name]['true']:.3f})" if "true" in results[name] else ""
-        print(f"{name:>10} K={COMPONENTS[name]:<3} test LL: {cells}{true}", flush=True)
+                row.append(tile(log_density, low, high, [(samples, (1.0, 0.25, 0.25))], size))
+            rows.append(torch.stack(row))
+            cells = "  ".join(f"{o.upper()} {results[name][o]:8.3f}" for o in OBJECTIVES)
+            true = f"  (true {results[name]['true']:.3f})" if "true" in results[name] else ""
+            print(f"{name:>10} K={COMPONENTS[name]:<3} test LL: {cells}{true}", flush=True)
 
-    torch.set_num_threads(threads)
     picture = out / "densities.png"
     save_image(make_grid(torch.cat(rows), nrow=1 + len(OBJECTIVES), padding=3, pad_value=1.0), picture)
     seconds = time.perf_counter() - start

@@ -40,7 +40,7 @@ from pyro_spn.objectives import make_objective
 from pyro_spn.temperature import make_temperature
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import output_dir, smoke_mode  # noqa: E402
+from _common import output_dir, single_thread, smoke_mode  # noqa: E402
 
 # name → make_temperature arguments, in the order of the picture's grids (left to right)
 SCHEDULES: dict[str, dict] = {
@@ -71,52 +71,50 @@ def main(args: list[str] | None = None) -> None:
     epochs, max_batches = (1, 3) if smoke else (options.epochs, None)
     size = (2, 2, 3, 3) if smoke else (options.depth, options.repetitions, options.sums, options.leaves)
     out = output_dir(options.output)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: more threads mostly add overhead
-    start = time.perf_counter()
+    with single_thread():
+        start = time.perf_counter()
 
-    data = load_dataset("digits", leaf="binomial", seed=options.seed, num_samples=200 if smoke else None)
-    event_shape, total = tuple(data.event_shape), data.total_count
-    print(f"digits: {tuple(data.train.shape)} train, {tuple(data.val.shape)} validation; objective "
-          f"{options.objective}; {epochs} epoch(s)", flush=True)
-    results: dict[str, dict[str, float]] = {}
-    grids = []
-    for name, schedule in SCHEDULES.items():
-        torch.manual_seed(options.seed)
-        extra = {"latent_dim": 4 if smoke else 8} if options.objective == "pae" else {}
-        objective = make_objective(options.objective, event_shape=event_shape, scale=float(total), **extra)
-        depth, repetitions, sums, leaves = size
-        spn = objective.build_spn(event_shape, Binomial(total_count=total), depth=depth,
-                                  num_repetitions=repetitions, num_sums=sums, num_leaves=leaves, seed=options.seed)
-        temperature = make_temperature(**schedule)
-        optimizer = torch.optim.Adam(list(spn.parameters()) + list(temperature.parameters()), lr=options.lr)
-        generator = torch.Generator().manual_seed(options.seed)
-        for epoch in range(epochs):
-            temperature.step(epoch, epochs)
-            order = torch.randperm(data.train.shape[0], generator=generator)
-            losses = []
-            for number, index in enumerate(order.split(options.batch_size)):
-                if max_batches is not None and number >= max_batches:
-                    break
-                batch = data.train[index]
-                d = SPNDistribution(spn, temperature=temperature(), hard=False)
-                objective.auxiliary_step(d, batch)
-                loss = objective.loss(SPNDistribution(spn, temperature=temperature(), hard=False), batch)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-        d = SPNDistribution(spn, temperature=temperature().detach())
-        with torch.no_grad():
-            val_nll = -float(objective.log_likelihood(d, data.val).mean())
-            samples = objective.sample(d, 16).float() / total
-        results[name] = {"tau": float(temperature().detach()), "loss": sum(losses) / len(losses),
-                         "val_nll": val_nll}
-        grids.append(make_grid(samples.repeat_interleave(4, -2).repeat_interleave(4, -1), nrow=4, padding=2,
-                               pad_value=0.5))
-        print(f"{name:>11}: final τ {results[name]['tau']:.3f}  last-epoch loss {results[name]['loss']:.4f}  "
-              f"val NLL {val_nll:.2f} nats", flush=True)
-    torch.set_num_threads(threads)
+        data = load_dataset("digits", leaf="binomial", seed=options.seed, num_samples=200 if smoke else None)
+        event_shape, total = tuple(data.event_shape), data.total_count
+        print(f"digits: {tuple(data.train.shape)} train, {tuple(data.val.shape)} validation; objective "
+              f"{options.objective}; {epochs} epoch(s)", flush=True)
+        results: dict[str, dict[str, float]] = {}
+        grids = []
+        for name, schedule in SCHEDULES.items():
+            torch.manual_seed(options.seed)
+            extra = {"latent_dim": 4 if smoke else 8} if options.objective == "pae" else {}
+            objective = make_objective(options.objective, event_shape=event_shape, scale=float(total), **extra)
+            depth, repetitions, sums, leaves = size
+            spn = objective.build_spn(event_shape, Binomial(total_count=total), depth=depth,
+                                      num_repetitions=repetitions, num_sums=sums, num_leaves=leaves, seed=options.seed)
+            temperature = make_temperature(**schedule)
+            optimizer = torch.optim.Adam(list(spn.parameters()) + list(temperature.parameters()), lr=options.lr)
+            generator = torch.Generator().manual_seed(options.seed)
+            for epoch in range(epochs):
+                temperature.step(epoch, epochs)
+                order = torch.randperm(data.train.shape[0], generator=generator)
+                losses = []
+                for number, index in enumerate(order.split(options.batch_size)):
+                    if max_batches is not None and number >= max_batches:
+                        break
+                    batch = data.train[index]
+                    d = SPNDistribution(spn, temperature=temperature(), hard=False)
+                    objective.auxiliary_step(d, batch)
+                    loss = objective.loss(SPNDistribution(spn, temperature=temperature(), hard=False), batch)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+            d = SPNDistribution(spn, temperature=temperature().detach())
+            with torch.no_grad():
+                val_nll = -float(objective.log_likelihood(d, data.val).mean())
+                samples = objective.sample(d, 16).float() / total
+            results[name] = {"tau": float(temperature().detach()), "loss": sum(losses) / len(losses),
+                             "val_nll": val_nll}
+            grids.append(make_grid(samples.repeat_interleave(4, -2).repeat_interleave(4, -1), nrow=4, padding=2,
+                                   pad_value=0.5))
+            print(f"{name:>11}: final τ {results[name]['tau']:.3f}  last-epoch loss {results[name]['loss']:.4f}  "
+                  f"val NLL {val_nll:.2f} nats", flush=True)
 
     picture = out / "samples.png"
     save_image(make_grid(torch.stack(grids), nrow=len(grids), padding=6, pad_value=1.0), picture)
