@@ -6,7 +6,8 @@ Usage::
         [--quick] [--json results.json]
 
 1. Matmul rate: ``torch.matmul`` of two ``n x n`` float32 matrices (``--matmul-size``), and batched
-   matmuls of each einsum layer's shape ``[R*L, N, K_in^2] @ [R*L, K_in^2, K_out]``, in GFLOP/s with
+   matmuls of each einsum layer's shapes, ``[R*L, N, K_in^2] @ [R*L, K_in^2, K_out]`` (the autograd path,
+   "bmm") and ``[R*L, K_out, K_in^2] @ [R*L, K_in^2, N]`` (the CPU no-grad path), in GFLOP/s with
    ``2*m*n*k`` FLOPs per product.
 2. Every ``EinsumLayer`` of the paper's RAT-SPN (``Config``) alone, on the inputs it sees in the model's
    upward pass over the benchmark batch: forward under ``torch.no_grad()``, and forward + backward of
@@ -57,6 +58,7 @@ class LayerResult:
     all_flops: int
     bmm_s: float
     bmm_gflops: float
+    bmm_t_s: float
     forward_s: float
     backward_s: float
 
@@ -106,6 +108,7 @@ def measure_layer(layer: EinsumLayer, x: torch.Tensor, repeats: int, min_block: 
     groups = layer.num_repetitions * layer.num_regions  # R * L independent matmuls
     matmul_flops = 2 * n * groups * k_in**2 * k_out
     bmm_s = matmul_time((groups, n, k_in**2), (groups, k_in**2, k_out), repeats, min_block)
+    bmm_t_s = matmul_time((groups, k_out, k_in**2), (groups, k_in**2, n), repeats, min_block)
 
     def forward() -> None:
         with torch.no_grad():
@@ -120,7 +123,7 @@ def measure_layer(layer: EinsumLayer, x: torch.Tensor, repeats: int, min_block: 
 
     return LayerResult(regions=layer.num_regions, inputs=k_in, outputs=k_out, matmul_flops=matmul_flops,
                        all_flops=matmul_flops + n * groups * k_in**2, bmm_s=bmm_s,
-                       bmm_gflops=matmul_flops / bmm_s / 1e9,
+                       bmm_gflops=matmul_flops / bmm_s / 1e9, bmm_t_s=bmm_t_s,
                        forward_s=median_time(forward, repeats, min_block),
                        backward_s=median_time(forward_backward, repeats, min_block))
 
@@ -150,6 +153,10 @@ def format_report(cfg: Config, square: tuple[int, float], layers: list[LayerResu
         lines.append(f"  layer {index} shape [{batch}, {cfg.batch}, {layer.inputs ** 2}] @ "
                      f"[{batch}, {layer.inputs ** 2}, {layer.outputs}]: {1e3 * layer.bmm_s:.3f} ms, "
                      f"{layer.bmm_gflops:.3g} GFLOP/s ({_pct(layer.bmm_gflops, gemm)} of gemm)  (= 'bmm')")
+        bmm_t = layer.matmul_flops / layer.bmm_t_s / 1e9
+        lines.append(f"  layer {index} no-grad shape [{batch}, {layer.outputs}, {layer.inputs ** 2}] @ "
+                     f"[{batch}, {layer.inputs ** 2}, {cfg.batch}]: {1e3 * layer.bmm_t_s:.3f} ms, "
+                     f"{bmm_t:.3g} GFLOP/s ({_pct(bmm_t, gemm)} of gemm)")
 
     header = (f"{'layer':>5} {'L':>3} {'K_in>K_out':>10} {'matmul MF':>9} {'all MF':>8} | {'fwd ms':>8} "
               f"{'GF/s mm':>8} {'GF/s all':>8} {'%gemm':>6} {'%bmm':>6} | {'f+b ms':>8} {'GF/s 3x':>8} "
