@@ -4,6 +4,10 @@ Every net maps normalized data ``[N, *event_shape]`` (the objectives divide mode
 Binomial counts ``0..255``, by their ``scale`` first) to logits ``[N]`` (discriminators) or features
 ``[N, out_features]`` (encoders). Images (``event_shape == (C, H, W)``) get DCGAN-style convolutional
 nets, everything else fully connected ones over the flattened data.
+
+The baselines (:class:`VAE`, :class:`Generator` for GANs and MMD-GANs) are generative nets with a
+circuit's sampling interface, so the same objectives and trainer train them (module
+:mod:`pyro_spn.nets.baselines`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from collections.abc import Sequence
 from torch import nn
 
 from ._checks import event_shape_of
+from .baselines import VAE, Generator
 from .conv import ConvEncoder, DCGANDiscriminator
 from .mlp import MLPDiscriminator, MLPEncoder
 
-__all__ = ["ConvEncoder", "DCGANDiscriminator", "MLPDiscriminator", "MLPEncoder", "make_discriminator",
-           "make_encoder"]
+__all__ = ["VAE", "ConvEncoder", "DCGANDiscriminator", "Generator", "MLPDiscriminator", "MLPEncoder",
+           "make_discriminator", "make_encoder"]
 
 
 def make_discriminator(event_shape: int | Sequence[int], spectral_norm: bool = True) -> nn.Module:

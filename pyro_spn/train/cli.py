@@ -16,7 +16,17 @@ import torch
 from click.core import ParameterSource
 
 from ..data import DATASETS
-from .config import DEVICES, INTERPOLATIONS, LEAVES, OBJECTIVES, TEMPERATURES, TrainConfig
+from .config import (
+    BASELINE_LRS,
+    BASELINE_OBJECTIVES,
+    DEVICES,
+    INTERPOLATIONS,
+    LEAVES,
+    MODELS,
+    OBJECTIVES,
+    TEMPERATURES,
+    TrainConfig,
+)
 from .sample import SIDES, SavedRun, write_inpainting, write_samples
 from .trainer import NonFiniteLossError, Trainer
 
@@ -64,6 +74,10 @@ _HANDLED = (NonFiniteLossError, ValueError, TypeError, OSError)
 
 
 @click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--model", type=click.Choice(MODELS), default=_DEFAULTS.model, show_default=True,
+              help="What to train: the circuit (spn) or a neural baseline with as many parameters as that circuit "
+                   "would have: vae (objective ll, its ELBO), gan (objective adv) or mmd-gan (objective mmd, learned "
+                   "kernel). A baseline's --objective and --lr default to its own (ll/adv/mmd; lr 1e-3, 2e-4, 2e-4).")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=_DEFAULTS.objective, show_default=True,
               help="Training objective: ll (maximum likelihood), adv (adversarial, neural discriminator), mmd "
                    "(maximum mean discrepancy), pae (probabilistic auto-encoding over data and Gaussian latents).")
@@ -127,7 +141,7 @@ _HANDLED = (NonFiniteLossError, ValueError, TypeError, OSError)
 @click.option("--encoder-lr", type=_POSITIVE, default=_DEFAULTS.encoder_lr, show_default=True,
               help="Adam learning rate of the MMD kernel encoder.")
 @click.option("--latent-dim", type=_POSITIVE_INT, default=_DEFAULTS.latent_dim, show_default=True,
-              help="Gaussian latent variables of the pae objective.")
+              help="Gaussian latent variables of the pae objective and of the baselines.")
 @click.option("--num-final-samples", type=_POSITIVE_INT, default=_DEFAULTS.num_final_samples, show_default=True,
               help="Samples written to samples.h5 at the end.")
 @click.option("--max-batches-per-epoch", type=_POSITIVE_INT, default=None, show_default="all",
@@ -136,7 +150,7 @@ _HANDLED = (NonFiniteLossError, ValueError, TypeError, OSError)
               help="Progress bar (shown only on a terminal).")
 @click.pass_context
 def train(ctx: click.Context, resume: bool, progress: bool, **options: Any) -> None:
-    """Train a sum-product network with differentiable sampling and write a run folder.
+    """Train a sum-product network with differentiable sampling (or a neural baseline) and write a run folder.
 
     \b
     The run folder (--output) holds:
@@ -150,6 +164,7 @@ def train(ctx: click.Context, resume: bool, progress: bool, **options: Any) -> N
     Examples:
       pyrospn-train                                    # maximum likelihood on the bundled 8x8 digits
       pyrospn-train --objective adv --dataset mnist --download --epochs 30 --output runs/adv-mnist
+      pyrospn-train --model gan --dataset mnist --epochs 30 --output runs/gan-mnist   # the DCGAN baseline
       pyrospn-train --output runs/adv-mnist --resume   # continue after an interruption
     """
     try:
@@ -166,6 +181,11 @@ def train(ctx: click.Context, resume: bool, progress: bool, **options: Any) -> N
             trainer = Trainer.resume(options["output"], device=options["device"] if given_device else None,
                                      epochs=options["epochs"] if given_epochs else None, progress=progress)
         else:
+            model = options["model"]
+            if model != "spn" and ctx.get_parameter_source("objective") is ParameterSource.DEFAULT:
+                options["objective"] = BASELINE_OBJECTIVES[model]
+            if model != "spn" and ctx.get_parameter_source("lr") is ParameterSource.DEFAULT:
+                options["lr"] = BASELINE_LRS[model]
             trainer = Trainer(TrainConfig(**options), progress=progress)
         trainer.fit()
     except _HANDLED as error:

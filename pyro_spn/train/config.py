@@ -10,7 +10,13 @@ from pathlib import Path
 
 from ..data import DATASETS
 
+MODELS: tuple[str, ...] = ("spn", "vae", "gan", "mmd-gan")
 OBJECTIVES: tuple[str, ...] = ("ll", "adv", "mmd", "pae")
+# The objective each baseline trains with: the VAE maximizes its ELBO (its likelihood bound), the GAN is
+# trained adversarially, the MMD-GAN by the MMD with an adversarially learned kernel (mmd_adversarial).
+BASELINE_OBJECTIVES: dict[str, str] = {"vae": "ll", "gan": "adv", "mmd-gan": "mmd"}
+# Suggested learning rates of the baselines' networks (the CLI's default --lr for them).
+BASELINE_LRS: dict[str, float] = {"vae": 1e-3, "gan": 2e-4, "mmd-gan": 2e-4}
 LEAVES: tuple[str, ...] = ("auto", "binomial", "normal", "bernoulli")
 TEMPERATURES: tuple[str, ...] = ("constant", "annealed", "learned")
 INTERPOLATIONS: tuple[str, ...] = ("unit", "region")
@@ -23,6 +29,10 @@ class TrainConfig:
     annealed temperature from 1 to 0.5, Adam, 30 epochs) on the bundled 8 × 8 digits.
 
     Attributes:
+        model: what is trained: ``"spn"`` (the circuit) or a neural baseline with as many parameters as that
+            circuit would have, ``"vae"`` (objective ``"ll"``: it maximizes its ELBO), ``"gan"`` (objective
+            ``"adv"``) or ``"mmd-gan"`` (objective ``"mmd"`` with ``mmd_adversarial``); see
+            :mod:`pyro_spn.nets.baselines`. Baselines ignore the temperature and ``interpolation``.
         objective: ``"ll"`` (maximum likelihood), ``"adv"`` (adversarial), ``"mmd"`` (maximum mean
             discrepancy) or ``"pae"`` (probabilistic auto-encoding).
         dataset: a name of ``pyro_spn.data.DATASETS``.
@@ -40,7 +50,7 @@ class TrainConfig:
         straight_through: exact samples forward, relaxed gradient backward; ``False`` (default) is the
             paper's soft interpolation of child samples (sample-based objectives only).
         interpolation: ``"unit"`` (the paper's, every sum unit draws) or ``"region"`` (``K`` times cheaper).
-        lr: the circuit's Adam learning rate.
+        lr: the circuit's (or the baseline's) Adam learning rate.
         batch_size: examples per mini-batch.
         epochs: passes over the training split (pre-training epochs included).
         seed: seeds the data split, the circuit, the neural parts, the shuffles and the sampler.
@@ -53,11 +63,12 @@ class TrainConfig:
         discriminator_lr: the discriminator's Adam learning rate (ADV).
         mmd_adversarial: learn the MMD kernel adversarially (MMD-GAN) instead of a fixed RBF kernel on the data.
         encoder_lr: the MMD kernel encoder's Adam learning rate.
-        latent_dim: the number of Gaussian latent variables (PAE).
+        latent_dim: the number of Gaussian latent variables (PAE and the baselines).
         num_final_samples: samples written to ``samples.h5`` at the end.
         max_batches_per_epoch: stop each epoch (and each validation) after this many batches; ``None`` for all.
     """
 
+    model: str = "spn"
     objective: str = "ll"
     dataset: str = "digits"
     data_root: str = "data"
@@ -92,11 +103,14 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path:
-        """The run folder: ``output``, or ``runs/<objective>-<dataset>-seed<seed>``."""
-        return Path(self.output if self.output is not None else f"runs/{self.objective}-{self.dataset}-seed{self.seed}")
+        """The run folder: ``output``, or ``runs/<objective>-<dataset>-seed<seed>`` (a baseline's name instead of
+        the objective for baselines)."""
+        name = self.objective if self.model == "spn" else self.model
+        return Path(self.output if self.output is not None else f"runs/{name}-{self.dataset}-seed{self.seed}")
 
     def validate(self) -> TrainConfig:
         """Raises ``ValueError`` naming the first bad field and its accepted values; returns ``self``."""
+        _choice("model", self.model, MODELS)
         _choice("objective", self.objective, OBJECTIVES)
         _choice("dataset", self.dataset, tuple(DATASETS))
         _choice("leaf", self.leaf, LEAVES)
@@ -129,7 +143,23 @@ class TrainConfig:
             raise ValueError(f"nll_weight must be 0 for the objective ll (the NLL itself), got {self.nll_weight}")
         if self.temperature == "annealed" and self.tau_min > self.tau:
             raise ValueError(f"tau_min must be <= tau ({self.tau}) for the annealed temperature, got {self.tau_min}")
+        if self.model != "spn":
+            self._validate_baseline()
         return self
+
+    def _validate_baseline(self) -> None:
+        """A baseline fixes its objective and has no circuit-only options."""
+        expected = BASELINE_OBJECTIVES[self.model]
+        if self.objective != expected:
+            raise ValueError(f"objective must be {expected} for model {self.model} (the baselines train with "
+                             f"{', '.join(f'{m}: {o}' for m, o in BASELINE_OBJECTIVES.items())}), got "
+                             f"{self.objective!r}")
+        if self.model == "mmd-gan" and not self.mmd_adversarial:
+            raise ValueError("mmd_adversarial must be true for model mmd-gan (a learned kernel), got False")
+        for name, default in (("pretrain_epochs", 0), ("nll_weight", 0.0), ("straight_through", False)):
+            if getattr(self, name) != default:
+                raise ValueError(f"{name} must be {default} for model {self.model} (it is a circuit option), "
+                                 f"got {getattr(self, name)!r}")
 
     def to_json(self) -> str:
         """The config as an indented JSON object (every field)."""

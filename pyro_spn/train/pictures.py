@@ -85,6 +85,35 @@ def save_density_picture(log_density: Callable[[Tensor], Tensor], path: Path, ex
     save_image(picture, path)
 
 
+def histogram_log_density(samples: Tensor, extent: Tensor, bins: int = 64) -> Callable[[Tensor], Tensor]:
+    """The log-density of a 2-D histogram of ``samples [M, 2]``, for models without a likelihood.
+
+    The ``bins × bins`` cells span the bounding box of ``extent [K, 2]`` and of the samples, plus the
+    picture's margin; the returned function maps points ``[P, 2]`` to ``log(count / (M · cell area))``
+    ``[P]`` (``-inf`` in empty cells and outside).
+    """
+    samples, extent = samples.detach().cpu().float(), extent.detach().cpu().float()
+    points = torch.cat([samples, extent])
+    low, high = points.min(0).values, points.max(0).values
+    margin = (high - low).clamp_min(1e-3) * _MARGIN
+    low, high = low - margin, high + margin
+    width = (high - low) / bins
+
+    def cells(x: Tensor) -> tuple[Tensor, Tensor]:
+        index = ((x - low) / width).floor().long()
+        return index[:, 0] * bins + index[:, 1], ((index >= 0) & (index < bins)).all(1)
+
+    index, inside = cells(samples)
+    counts = torch.bincount(index[inside], minlength=bins * bins).float()
+    log_density = (counts / (samples.shape[0] * width.prod())).log()
+
+    def log_density_of(x: Tensor) -> Tensor:
+        index, inside = cells(x.detach().cpu().float())
+        return torch.where(inside, log_density[index.clamp(0, bins * bins - 1)], -math.inf)
+
+    return log_density_of
+
+
 def _rgb(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 

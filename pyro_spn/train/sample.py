@@ -33,7 +33,8 @@ class SavedRun:
 
     @classmethod
     def load(cls, run: str | os.PathLike, device: str = "auto") -> SavedRun:
-        """Restores the circuit and temperature of the checkpoint ``run`` (a run folder or the file itself).
+        """Restores the circuit (or baseline) and temperature of the checkpoint ``run`` (a run folder or the file
+        itself).
 
         Raises:
             FileNotFoundError: no checkpoint there.
@@ -44,7 +45,7 @@ class SavedRun:
         with checkpoint_content(path):
             config = TrainConfig.from_json(state["config"]).validate()
             model = Model.build(config, DataInfo.from_state_dict(state["data"]))
-            model.spn.load_state_dict(state["spn"])
+            model.network.load_state_dict(state["spn"])
             model.temperature.load_state_dict(state["temperature"])
             preprocessing = Preprocessing.from_state_dict(state["preprocessing"])
             epoch = int(state["epoch"])
@@ -66,9 +67,10 @@ class SavedRun:
         (default: the run's).
 
         Raises:
-            ValueError: the run's data are not images.
+            ValueError: the run's data are not images, or its model is a baseline (no conditionals to inpaint with).
             DatasetNotFoundError: the data files are missing from the run's ``data_root``.
         """
+        self._check_inpainting()
         if not self.info.is_image:
             raise ValueError(f"inpainting needs an image data set; {self.info.name!r} is 2-D")
         root = self.config.data_root if data_root is None else data_root
@@ -84,6 +86,7 @@ class SavedRun:
             In data units (``[0, 1]``): ``"original"``, ``"sample"`` (an exact conditional sample) and ``"mpe"``
             (the most probable completion), each ``[N, C, H, W]``, and the boolean mask ``"missing"``.
         """
+        self._check_inpainting()
         missing = half_mask(images.shape, side)
         evidence = torch.where(missing, torch.full_like(images, float("nan")), images).to(self.model.device)
         d = self.model.distribution()
@@ -91,6 +94,11 @@ class SavedRun:
         inverse = self.preprocessing.inverse
         return {"original": inverse(images), "sample": inverse(sample.cpu()), "mpe": inverse(mpe.cpu()),
                 "missing": missing}
+
+    def _check_inpainting(self) -> None:
+        if self.model.kind != "spn":
+            raise ValueError(f"inpainting needs a circuit's exact conditionals; model {self.model.kind!r} is a "
+                             f"baseline without them (sample it without --inpaint)")
 
 
 def half_mask(shape: torch.Size, side: str) -> Tensor:

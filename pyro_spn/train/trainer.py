@@ -5,10 +5,11 @@ Run folder::
     RUN/config.json             the TrainConfig
     RUN/metrics.jsonl           one JSON line per epoch: epoch, phase ("pretrain" or "train"), train_loss and
                                 temperature (means over the epoch's batches), the objective's own metrics
-                                (e.g. d_real, d_fake), val_nll (nats per example), seconds (training and
-                                validation)
+                                (e.g. d_real, d_fake), val_nll (nats per example; null for a model without
+                                a likelihood), seconds (training and validation)
     RUN/samples_epoch001.png    samples (images) or the density with samples and data (2-D), per epoch
-    RUN/checkpoint.pt           the state after the last finished epoch (replaced atomically)
+    RUN/checkpoint.pt           the state after the last finished epoch (replaced atomically; "spn" holds the
+                                generative network's state, a baseline's too)
     RUN/samples.h5              final samples: "samples" (data units), "model_samples" (model space)
 """
 
@@ -110,7 +111,7 @@ class Trainer:
                                           download=config.download, seed=config.seed)
         self.info = DataInfo.of(self.data)
         self.model = Model.build(config, self.info).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=config.lr, betas=self.model.adam_betas)
         self.epoch = 0  # finished epochs
         if state is not None:
             with checkpoint_content(path):
@@ -187,8 +188,9 @@ class Trainer:
         self.epoch = epoch + 1
         save_checkpoint(self._state(), checkpoint_path(self.run_dir))  # after the picture: its RNG state is next
         if self.progress and sys.stderr.isatty():
+            val_nll = "n/a" if record["val_nll"] is None else f"{record['val_nll']:.4g}"
             tqdm.write(f"epoch {record['epoch']}: train_loss {record['train_loss']:.4g}, "
-                       f"val_nll {record['val_nll']:.4g}, τ {record['temperature']:.3g}")
+                       f"val_nll {val_nll}, τ {record['temperature']:.3g}")
         return record
 
     # -- evaluation and outputs -----------------------------------------------------------------------
@@ -199,9 +201,12 @@ class Trainer:
             yield batch.to(self.device)
 
     @torch.no_grad()
-    def validation_nll(self) -> float:
+    def validation_nll(self) -> float | None:
         """The mean negative log-likelihood (nats per example) of the validation split (at most
-        ``max_batches_per_epoch`` batches of it)."""
+        ``max_batches_per_epoch`` batches of it); for the VAE from its importance-weighted bound (an upper
+        bound of the NLL); ``None`` for a model without a likelihood."""
+        if not self.model.has_likelihood:
+            return None
         d = self.model.distribution()
         total, count = 0.0, 0
         for x in self._batches(self.data.val):
@@ -223,7 +228,7 @@ class Trainer:
         return {
             "config": self.config.to_json(),
             "epoch": self.epoch,
-            "spn": self.model.spn.state_dict(),
+            "spn": self.model.network.state_dict(),
             "objective": self.model.objective.state_dict(),
             "temperature": self.model.temperature.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -233,7 +238,7 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.spn.load_state_dict(state["spn"])
+        self.model.network.load_state_dict(state["spn"])
         self.model.objective.load_state_dict(state["objective"])
         self.model.temperature.load_state_dict(state["temperature"])
         self.optimizer.load_state_dict(state["optimizer"])
