@@ -6,13 +6,18 @@ Sample-quality metrics are computed in float64 from features ``[N, D]``. The ima
 ``[N, D]``, and return a :class:`MetricResult` that names the features used. Offline, the default extractor is
 :func:`train_classifier_features` (a small CNN trained on the data set itself); :func:`inception_features` loads
 the standard Inception-v3 from a local weights file (nothing is downloaded).
+
+:func:`classifier_on_samples` scores a class-conditional generator (e.g.
+:class:`pyro_spn.class_conditional.ClassConditionalSPN`) by the real-test accuracy of a classifier trained on its
+labelled samples only.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +30,10 @@ from .objectives.mmd import BANDWIDTHS, mmd2
 __all__ = [
     "FIDKID",
     "ClassifierFeatures",
+    "ClassifierOnSamplesResult",
     "MetricResult",
     "bits_per_dim",
+    "classifier_on_samples",
     "extract_features",
     "fid",
     "frechet_distance",
@@ -302,6 +309,94 @@ def train_classifier_features(images: Tensor, labels: Tensor, epochs: int = 15, 
                 loss.backward()
                 optimizer.step()
     return model.eval()
+
+
+@dataclass(frozen=True)
+class ClassifierOnSamplesResult:
+    """The classifier-on-samples metric (:func:`classifier_on_samples`).
+
+    Attributes:
+        accuracy: the test accuracy, in ``[0, 1]``, of a classifier trained on generated images only.
+        per_class_accuracy: the accuracy on the real test images of each class (NaN for a class without any).
+        num_generated: the number of generated training images (``num_classes · samples_per_class``).
+        num_test: the number of real test images.
+    """
+
+    accuracy: float
+    per_class_accuracy: tuple[float, ...]
+    num_generated: int
+    num_test: int
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seeds the CPU RNG (and the initialized CUDA ones) inside, restores every RNG state afterwards."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for device in cuda:
+            torch.cuda.default_generators[device].manual_seed(seed)
+        yield
+
+
+def classifier_on_samples(generate: Callable[[Tensor], Tensor], test_images: Tensor, test_labels: Tensor, *,
+                          num_classes: int | None = None, samples_per_class: int = 200, epochs: int = 15,
+                          seed: int = 0, batch_size: int = 64) -> ClassifierOnSamplesResult:
+    """Classifier on samples: how well a classifier trained *only on generated, labelled images* does on real ones.
+
+    A class-conditional generator (e.g. :meth:`pyro_spn.class_conditional.ClassConditionalSPN.sample`, scaled to
+    ``[0, 1]``) draws ``samples_per_class`` images of every class; a :class:`ClassifierFeatures` CNN is trained on
+    them (:func:`train_classifier_features`) and its accuracy is measured on the real test split. High accuracy
+    needs samples that are both realistic and faithful to their label; a generator that ignores the label scores
+    about chance. Deterministic given ``seed``, which seeds the generation and the training (the global RNG is
+    untouched).
+
+    Args:
+        generate: maps labels ``[M]`` (long, balanced over the classes, on ``test_images``' device) to images
+            ``[M, C, H, W]`` in ``[0, 1]`` of those labels, with ``C, H, W`` those of ``test_images``.
+        test_images: ``[N, C, H, W]`` real images in ``[0, 1]``.
+        test_labels: ``[N]`` long labels of ``test_images``, in ``0..num_classes-1``.
+        num_classes: ``V >= 2``; by default ``test_labels.max() + 1``.
+        samples_per_class: generated images per class.
+        epochs, batch_size: the classifier's training.
+        seed: seeds the generation and the classifier.
+    """
+    if not callable(generate):
+        raise TypeError(f"generate must be a callable labels [M] -> images [M, C, H, W], got {generate!r}")
+    test_images = _check_images("test_images", test_images)
+    if (not isinstance(test_labels, Tensor) or test_labels.shape != test_images.shape[:1]
+            or test_labels.dtype != torch.long):
+        raise ValueError(f"test_labels must be a long tensor of shape [{test_images.shape[0]}]")
+    if num_classes is None:
+        num_classes = int(test_labels.max()) + 1
+        if num_classes < 2:
+            raise ValueError("num_classes: test_labels hold a single class; pass num_classes >= 2")
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2 or None, got {num_classes!r}")
+    if bool(((test_labels < 0) | (test_labels >= num_classes)).any()):
+        raise ValueError(f"test_labels must be in 0..{num_classes - 1}")
+    samples_per_class = _positive_int("samples_per_class", samples_per_class)
+    epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+
+    labels = torch.arange(num_classes, device=test_images.device).repeat_interleave(samples_per_class)  # [M]
+    with _seeded(seed):
+        generated = generate(labels.clone())
+    generated = _check_images("generate(labels)", generated)
+    if generated.shape != labels.shape + test_images.shape[1:]:
+        raise ValueError(f"generate(labels) must return images of shape [{len(labels)}, "
+                         f"{', '.join(map(str, test_images.shape[1:]))}], got {tuple(generated.shape)}")
+    classifier = train_classifier_features(generated.detach(), labels.to(generated.device), epochs=epochs,
+                                           seed=seed, batch_size=batch_size, name="classifier-on-samples")
+    device = next(classifier.parameters()).device
+    with torch.no_grad():
+        predicted = torch.cat([classifier.classify(chunk.to(device)).argmax(1).cpu()
+                               for chunk in test_images.split(256)])
+    correct = (predicted == test_labels.cpu()).double()
+    counts = torch.bincount(test_labels.cpu(), minlength=num_classes).double()
+    per_class = torch.bincount(test_labels.cpu(), weights=correct, minlength=num_classes) / counts
+    return ClassifierOnSamplesResult(float(correct.mean()), tuple(per_class.tolist()), len(labels), len(test_images))
 
 
 def _same_shape(x_hat: Tensor, x: Tensor) -> None:

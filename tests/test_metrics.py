@@ -11,8 +11,10 @@ from torch import nn
 from pyro_spn.data import load_dataset
 from pyro_spn.metrics import (
     FIDKID,
+    ClassifierOnSamplesResult,
     MetricResult,
     bits_per_dim,
+    classifier_on_samples,
     fid,
     frechet_distance,
     inception_features,
@@ -145,3 +147,76 @@ def test_fid_any_module_names_its_features():
 def test_inception_missing_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights_path"):
         inception_features(tmp_path / "missing.pth")
+
+
+def label_faithful_generator(images: torch.Tensor, labels: torch.Tensor):
+    """A "generator" returning random real images of the asked labels (the global RNG draws which)."""
+    order = torch.argsort(labels)
+    pool, counts = images[order], torch.bincount(labels)
+    starts = counts.cumsum(0) - counts
+
+    def generate(asked: torch.Tensor) -> torch.Tensor:
+        return pool[starts[asked] + (torch.rand(len(asked)) * counts[asked]).long()]
+
+    return generate
+
+
+def test_classifier_on_samples_separates_faithful_from_label_blind_generators(digits):
+    train, train_labels, test, test_labels = digits
+    faithful = label_faithful_generator(train, train_labels)
+    state = torch.get_rng_state()
+    good = classifier_on_samples(faithful, test, test_labels, samples_per_class=50, epochs=6)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert isinstance(good, ClassifierOnSamplesResult)
+    assert good.accuracy > 0.85 and good.num_generated == 500 and good.num_test == len(test)
+    assert len(good.per_class_accuracy) == 10
+    counts = torch.bincount(test_labels, minlength=10).double()
+    assert good.accuracy == pytest.approx(float((torch.tensor(good.per_class_accuracy) * counts).sum() / len(test)))
+
+    def label_blind(asked: torch.Tensor) -> torch.Tensor:
+        return train[torch.randint(len(train), (len(asked),))]
+
+    blind = classifier_on_samples(label_blind, test, test_labels, samples_per_class=50, epochs=6)
+    assert blind.accuracy < 0.3
+
+
+def test_classifier_on_samples_is_deterministic_given_seed():
+    g = torch.Generator().manual_seed(0)
+    test, test_labels = torch.rand(12, 1, 4, 4, generator=g), torch.arange(3).repeat(4)
+
+    def noisy(asked: torch.Tensor) -> torch.Tensor:
+        return torch.rand(len(asked), 1, 4, 4) * (asked[:, None, None, None] + 1) / 4
+
+    runs = [classifier_on_samples(noisy, test, test_labels, samples_per_class=8, epochs=2, seed=s) for s in (3, 3)]
+    assert runs[0] == runs[1]
+    four = classifier_on_samples(noisy, test, test_labels, num_classes=4, samples_per_class=2, epochs=1)
+    assert four.num_generated == 8 and math.isnan(four.per_class_accuracy[3])
+
+
+def test_classifier_on_samples_argument_errors():
+    test, test_labels = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def generate(asked: torch.Tensor) -> torch.Tensor:
+        return torch.rand(len(asked), 1, 4, 4)
+
+    with pytest.raises(TypeError, match="generate"):
+        classifier_on_samples("generator", test, test_labels)
+    with pytest.raises(ValueError, match="test_images"):
+        classifier_on_samples(generate, test * 2, test_labels)
+    with pytest.raises(ValueError, match="test_labels must be a long"):
+        classifier_on_samples(generate, test, test_labels.float())
+    with pytest.raises(ValueError, match="test_labels must be in 0..1"):
+        classifier_on_samples(generate, test, test_labels, num_classes=2)
+    with pytest.raises(ValueError, match="num_classes"):
+        classifier_on_samples(generate, test, torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_classes"):
+        classifier_on_samples(generate, test, test_labels, num_classes=1)
+    for name in ("samples_per_class", "epochs", "batch_size"):
+        with pytest.raises(ValueError, match=name):
+            classifier_on_samples(generate, test, test_labels, **{name: 0})
+    with pytest.raises(ValueError, match="seed"):
+        classifier_on_samples(generate, test, test_labels, seed=1.5)
+    with pytest.raises(ValueError, match=r"generate\(labels\) must return images of shape \[6, 1, 4, 4\]"):
+        classifier_on_samples(lambda asked: torch.rand(len(asked), 1, 5, 5), test, test_labels, samples_per_class=2)
+    with pytest.raises(ValueError, match=r"generate\(labels\)"):
+        classifier_on_samples(lambda asked: torch.rand(len(asked), 1, 4, 4) + 1, test, test_labels)
