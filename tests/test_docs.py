@@ -14,11 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pyro_spn.experiment.cli import experiment
 from pyro_spn.train.cli import sample, train
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(p for p in DOCS.iterdir() if p.suffix in (".md", ".rst"))
-COMMANDS = {"pyrospn-train": train, "pyrospn-sample": sample}
+COMMANDS = {"pyrospn-train": train, "pyrospn-sample": sample, "pyrospn-experiment": experiment}
 
 _MD_FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
 _RST_BLOCK = re.compile(r"^( *)\.\. code-block:: (\w+)\n((?:\1 +:[^\n]*\n)*)\n((?:(?:\1 +[^\n]*)?\n)+)", re.M)

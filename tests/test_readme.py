@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
+from pyro_spn.experiment.cli import experiment
 from pyro_spn.train.cli import sample, train
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-COMMANDS = {"pyrospn-train": train, "pyrospn-sample": sample}
+COMMANDS = {"pyrospn-train": train, "pyrospn-sample": sample, "pyrospn-experiment": experiment}
 
 
 def blocks(language: str) -> list[str]:

@@ -1,0 +1,104 @@
+"""The command line ``pyrospn-experiment`` (click): parses options into an :class:`ExperimentConfig` and runs it.
+
+A bad option prints one line ``Error: ...`` and exits with code 2; an interruption exits with code 130 (rerun
+the same command to continue).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..data import DatasetNotFoundError
+from ..train.cli import _HANDLED, _failure, _OneLineErrors
+from .evaluation import FEATURES
+from .methods import METHODS
+from .protocol import Experiment, ExperimentConfig
+
+_DEFAULTS = ExperimentConfig(output="")
+_POSITIVE_INT = click.IntRange(min=1)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _numbers(name: str, text: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(item) for item in _split(text))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated {kind.__name__}s, got {text!r}", param_hint=name) from None
+
+
+@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--output", required=True, type=click.Path(file_okay=False),
+              help="Experiment folder (rerun the same command to continue an interrupted experiment).")
+@click.option("--datasets", default=",".join(_DEFAULTS.datasets), show_default=True,
+              help="Comma-separated data sets, e.g. digits,2-moons,9-clusters.")
+@click.option("--methods", default=",".join(_DEFAULTS.methods), show_default=True,
+              help=f"Comma-separated methods: {', '.join(METHODS)}.")
+@click.option("--lrs", default=",".join(f"{lr:g}" for lr in _DEFAULTS.lrs), show_default=True,
+              help="Comma-separated learning rates of the grid.")
+@click.option("--batch-sizes", default=",".join(map(str, _DEFAULTS.batch_sizes)), show_default=True,
+              help="Comma-separated batch sizes of the grid.")
+@click.option("--seeds", type=_POSITIVE_INT, default=_DEFAULTS.seeds, show_default=True,
+              help="Seeds of the test phase (the grid uses seed 0).")
+@click.option("--epochs", type=_POSITIVE_INT, default=_DEFAULTS.epochs, show_default=True, help="Epochs per run.")
+@click.option("--nll-weight", type=click.FloatRange(min=0), default=_DEFAULTS.nll_weight, show_default=True,
+              help="λ of the '+nll' hybrid methods.")
+@click.option("--num-samples", type=_POSITIVE_INT, default=_DEFAULTS.num_samples, show_default=True,
+              help="Samples drawn per evaluation.")
+@click.option("--features", type=click.Choice(FEATURES), default=_DEFAULTS.features, show_default=True,
+              help="FID / KID features: a classifier trained on the data set (offline) or Inception-v3.")
+@click.option("--classifier-epochs", type=_POSITIVE_INT, default=_DEFAULTS.classifier_epochs, show_default=True,
+              help="Training epochs of the evaluation's classifiers (FID features, classifier on samples).")
+@click.option("--inception-weights", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Local Inception-v3 weights file (torch-fidelity's) for --features inception.")
+@click.option("--data-root", default="data", show_default=True, type=click.Path(file_okay=False),
+              help="Folder with the torchvision-format data files.")
+@click.option("--depth", type=_POSITIVE_INT, default=None, show_default="auto", help="Circuit depth D.")
+@click.option("--repetitions", "num_repetitions", type=_POSITIVE_INT, default=None, show_default="10",
+              help="Repetitions R.")
+@click.option("--sums", "num_sums", type=_POSITIVE_INT, default=None, show_default="20", help="Sum units K per region.")
+@click.option("--leaves", "num_leaves", type=_POSITIVE_INT, default=None, show_default="20",
+              help="Leaf components per leaf region.")
+@click.option("--max-batches-per-epoch", type=_POSITIVE_INT, default=None, show_default="all",
+              help="Cut every epoch to this many batches (smoke tests).")
+@click.option("--jobs", type=_POSITIVE_INT, default=_DEFAULTS.jobs, show_default=True,
+              help="Runs trained at once, each in its own process (the threads are shared out).")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
+              help="Device of every run.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar over runs.")
+def experiment(output: str, datasets: str, methods: str, lrs: str, batch_sizes: str, data_root: str, device: str,
+               **options: Any) -> None:
+    """Run the paper's protocol: a grid search over learning rates x batch sizes on the validation split, then the
+    selected setting of every data set and method over several seeds on the test split.
+
+    \b
+    Writes into --output: runs/ (every run folder), results.csv, summary.md (mean ± std tables), samples.png
+    (methods x image data sets) and densities.png (2-D data sets x methods).
+
+    \b
+    Examples:
+      pyrospn-experiment --output runs/protocol --datasets digits --methods ll,adv,vae --jobs 2
+      pyrospn-experiment --output runs/2d --datasets 2-moons,9-clusters --methods ll,adv,mmd,gan --seeds 5
+    """
+    circuit = {name: options.pop(name) for name in ("depth", "num_repetitions", "num_sums", "num_leaves",
+                                                     "max_batches_per_epoch")}
+    train = {"data_root": data_root, "device": device, **{k: v for k, v in circuit.items() if v is not None}}
+    try:
+        config = ExperimentConfig(output=output, datasets=_split(datasets), methods=_split(methods),
+                                  lrs=_numbers("--lrs", lrs, float),
+                                  batch_sizes=_numbers("--batch-sizes", batch_sizes, int), train=train, **options)
+        Experiment(config).run()
+    except (*_HANDLED, DatasetNotFoundError) as error:
+        raise _failure(error) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; rerun the same command to continue") from None
+    click.echo(f"results written to {output}/summary.md and {output}/results.csv")
+
+
+def main() -> None:
+    """Entry point of the ``pyrospn-experiment`` console script."""
+    experiment.main(prog_name="pyrospn-experiment")
