@@ -3,7 +3,8 @@
 evaluated like every other run plus the classifier-on-samples accuracy (paper §4.2 "Metrics").
 
 Run folder: ``class_conditional.pt`` (the trained circuit's state dict), ``metrics.jsonl`` (one line per epoch:
-``train_nll`` of the joint, ``seconds``), ``samples_epochNNN.png`` (a row of samples per class, last epoch).
+``train_nll`` of the joint, ``seconds``), ``samples_epochNNN.png`` (row ``v`` of the square grid: samples of
+class ``v``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from ..class_conditional import ClassConditionalSPN, fit_class_conditional
 from ..data import Dataset, load_dataset
 from ..metrics import classifier_on_samples
 from ..train import TrainConfig
-from ..train.model import auto_depth, make_leaf
+from ..train.model import auto_depth, make_leaf, resolve_device
 from ..train.pictures import save_image_grid
 from .evaluation import METRICS, image_metrics
 
 STATE_FILE = "class_conditional.pt"
-PICTURE_COLUMNS = 8  # samples per class in the picture
 
 
 def _data(config: TrainConfig) -> Dataset:
@@ -37,11 +37,13 @@ def _data(config: TrainConfig) -> Dataset:
 
 
 def _build(config: TrainConfig, data: Dataset) -> ClassConditionalSPN:
+    """The run's circuit, on the run's device."""
     depth = config.depth if config.depth is not None else auto_depth(data.event_shape)
-    return ClassConditionalSPN(data.event_shape, int(data.train_labels.max()) + 1,
-                               make_leaf(data.leaf, data.total_count), depth=depth,
-                               num_repetitions=config.num_repetitions, num_sums=config.num_sums,
-                               num_leaves=config.num_leaves, seed=config.seed)
+    model = ClassConditionalSPN(data.event_shape, int(data.train_labels.max()) + 1,
+                                make_leaf(data.leaf, data.total_count), depth=depth,
+                                num_repetitions=config.num_repetitions, num_sums=config.num_sums,
+                                num_leaves=config.num_leaves, seed=config.seed)
+    return model.to(resolve_device(config.device))
 
 
 def train_class_conditional(config: TrainConfig) -> None:
@@ -61,9 +63,9 @@ def train_class_conditional(config: TrainConfig) -> None:
         json.dumps({"epoch": epoch, "train_nll": nll, "seconds": seconds}) + "\n"
         for epoch, nll in enumerate(history, start=1)))
     with torch.no_grad():
-        labels = torch.arange(model.num_classes).repeat_interleave(PICTURE_COLUMNS)
+        labels = torch.arange(model.num_classes).repeat_interleave(model.num_classes)  # a square grid, a row a class
         picture = folder / f"samples_epoch{config.epochs:03d}.png"
-        save_image_grid(data.preprocessing.inverse(model.sample(labels)), picture)
+        save_image_grid(data.preprocessing.inverse(model.sample(labels).cpu()), picture)
     temp = folder / (STATE_FILE + ".tmp")
     torch.save(model.state_dict(), temp)
     os.replace(temp, folder / STATE_FILE)
@@ -83,20 +85,20 @@ def evaluate_class_conditional(config: TrainConfig, split: str, *, features: nn.
     folder = Path(config.output)
     data = _data(config)
     model = _build(config, data)
-    model.load_state_dict(torch.load(folder / STATE_FILE, weights_only=True))
+    model.load_state_dict(torch.load(folder / STATE_FILE, weights_only=True, map_location=model.spn.root.logits.device))
     model.eval()
     x, labels = getattr(data, split), getattr(data, f"{split}_labels")
     torch.manual_seed(seed)
     with torch.no_grad():
-        samples = torch.cat([model.sample_joint(min(config.batch_size, num_samples - start))[0]
+        samples = torch.cat([model.sample_joint(min(config.batch_size, num_samples - start))[0].cpu()
                              for start in range(0, num_samples, config.batch_size)])
-        log_likelihood = model.log_prob_x(x).double()
+        log_likelihood = model.log_prob_x(x).double().cpu()
         result: dict[str, Any] = {**dict.fromkeys(METRICS), "nll": -float(log_likelihood.mean())}
         image_metrics(result, data, x, samples, log_likelihood, None, features)
 
     @torch.no_grad()
     def generate(asked: Tensor) -> Tensor:
-        return data.preprocessing.inverse(model.sample(asked)).clamp(0, 1)
+        return data.preprocessing.inverse(model.sample(asked).cpu()).clamp(0, 1)
 
     accuracy = classifier_on_samples(generate, data.preprocessing.inverse(x), labels, num_classes=model.num_classes,
                                      epochs=epochs, seed=seed)

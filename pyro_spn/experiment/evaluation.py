@@ -91,7 +91,7 @@ def _log_jacobian(data: Dataset) -> float:
 
 @torch.no_grad()
 def evaluate_run(run: str | os.PathLike, split: str, *, features: nn.Module | None = None,
-                 num_samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+                 num_samples: int = 1000, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """The metrics of the run in folder ``run`` on its ``split`` (``"val"`` or ``"test"``).
 
     Args:
@@ -100,6 +100,7 @@ def evaluate_run(run: str | os.PathLike, split: str, *, features: nn.Module | No
         features: the FID / KID feature extractor (image data sets; required for them).
         num_samples: samples drawn from the model.
         seed: seeds the sampler.
+        device: where the model runs (``"auto"``, ``"cpu"`` or ``"cuda"``); metrics are computed on the CPU.
 
     Returns:
         A flat dict: ``nll`` (nats per example), ``bpd`` (images), ``fid``, ``kid``, ``kid_std``, ``features``
@@ -109,7 +110,7 @@ def evaluate_run(run: str | os.PathLike, split: str, *, features: nn.Module | No
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-    saved = SavedRun.load(run, device="cpu")
+    saved = SavedRun.load(run, device=device)
     model, data = saved.model, load_run_data(saved)
     x: Tensor = getattr(data, split)
     torch.manual_seed(seed)

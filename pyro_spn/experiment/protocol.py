@@ -214,7 +214,8 @@ def execute(task: Task) -> list[dict[str, Any]]:
             result = {"error": None, **evaluate_class_conditional(
                 task.config, split, features=features, num_samples=task.num_samples, epochs=task.classifier_epochs)}
         else:
-            result = {"error": None, **evaluate_run(folder, split, features=features, num_samples=task.num_samples)}
+            result = {"error": None, **evaluate_run(folder, split, features=features, num_samples=task.num_samples,
+                                                    device=task.config.device)}
         write_json(folder / f"eval-{split}.json", result)
         rows.append({**task.spec.row(), "split": split, **result})
     return rows
