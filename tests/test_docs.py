@@ -54,7 +54,7 @@ def command_lines(page: Path) -> list[list[str]]:
 def test_the_docs_have_code() -> None:
     names = {p.name for p in PAGES}
     assert {"index.md", "installation.md", "quickstart.md", "concepts.md", "objectives.md", "pyro.md",
-            "cli.rst", "api.rst", "performance.md"} <= names
+            "cli.rst", "api.rst", "performance.md", "experiments.md", "results.md"} <= names
     assert sum(len(code_blocks(p, "python")) for p in PAGES) >= 20
     assert len(command_lines(DOCS / "quickstart.md")) >= 3
 
@@ -99,10 +99,12 @@ def test_every_public_module_is_in_the_api_reference() -> None:
     text = (DOCS / "api.rst").read_text(encoding="utf-8")
     for module in ("pyro_spn", "pyro_spn.leaves", "pyro_spn.structure", "pyro_spn.layers", "pyro_spn.sampling",
                    "pyro_spn.spn", "pyro_spn.distribution", "pyro_spn.temperature", "pyro_spn.objectives",
-                   "pyro_spn.nets", "pyro_spn.data", "pyro_spn.metrics", "pyro_spn.train"):
+                   "pyro_spn.nets", "pyro_spn.data", "pyro_spn.metrics", "pyro_spn.train", "pyro_spn.class_conditional",
+                   "pyro_spn.experiment", "pyro_spn.nets.baselines"):
         assert f".. automodule:: {module}\n" in text, module
     cli = (DOCS / "cli.rst").read_text(encoding="utf-8")
-    assert ".. click:: pyro_spn.train.cli:train" in cli and ".. click:: pyro_spn.train.cli:sample" in cli
+    for command in ("pyro_spn.train.cli:train", "pyro_spn.train.cli:sample", "pyro_spn.experiment.cli:experiment"):
+        assert f".. click:: {command}" in cli, command
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed")
@@ -126,5 +128,6 @@ def test_sphinx_build_is_warning_free(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-5000:]
-    for page in ("index", "quickstart", "concepts", "objectives", "pyro", "cli", "api", "performance"):
+    for page in ("index", "quickstart", "concepts", "objectives", "pyro", "cli", "api", "performance", "experiments",
+                 "results"):
         assert (tmp_path / "html" / f"{page}.html").is_file(), page

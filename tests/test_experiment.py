@@ -196,6 +196,7 @@ def test_hybrid_methods_set_pretraining_and_the_nll_weight(tmp_path):
     ({"seeds": 0}, "seeds must be an integer >= 1"),
     ({"features": "vgg"}, "features must be one of classifier, inception"),
     ({"features": "inception"}, "inception_weights"),
+    ({"features": "inception", "inception_weights": "missing.pth"}, "inception_weights.*'missing.pth'"),
     ({"train": {"lr": 0.1}}, "train: 'lr' cannot be set per experiment"),
     ({"train": {"num_sums": 0}}, "num_sums must be an integer >= 1"),
 ])

@@ -53,7 +53,7 @@ def _numbers(name: str, text: str, kind: type) -> tuple:
               help="FID / KID features: a classifier trained on the data set (offline) or Inception-v3.")
 @click.option("--classifier-epochs", type=_POSITIVE_INT, default=_DEFAULTS.classifier_epochs, show_default=True,
               help="Training epochs of the evaluation's classifiers (FID features, classifier on samples).")
-@click.option("--inception-weights", type=click.Path(dir_okay=False, exists=True), default=None,
+@click.option("--inception-weights", type=click.Path(dir_okay=False), default=None,
               help="Local Inception-v3 weights file (torch-fidelity's) for --features inception.")
 @click.option("--data-root", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Folder with the torchvision-format data files.")

@@ -105,8 +105,10 @@ class ExperimentConfig:
             _positive_int("batch_sizes", size)
         if self.features not in FEATURES:
             raise ValueError(f"features must be one of {', '.join(FEATURES)}; got {self.features!r}")
-        if self.features == "inception" and self.inception_weights is None:
-            raise ValueError("inception_weights: features 'inception' needs a local weights file")
+        weights = self.inception_weights
+        if self.features == "inception" and (weights is None or not Path(weights).is_file()):
+            raise ValueError(f"inception_weights: features 'inception' needs a local Inception-v3 weights file, got "
+                             f"{self.inception_weights!r}")
         if not isinstance(self.train, dict):
             raise ValueError(f"train must be a dict of TrainConfig fields, got {type(self.train).__name__}")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
