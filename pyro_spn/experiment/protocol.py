@@ -36,7 +36,9 @@ from ..data import DATASETS, IMAGE_DATASETS
 from ..train import NonFiniteLossError, TrainConfig, Trainer
 from .class_conditional_run import evaluate_class_conditional, is_trained, train_class_conditional
 from .evaluation import FEATURES, evaluate_run, feature_extractor, write_json
+from .figures import write_figures
 from .methods import METHODS, Method, get_method
+from .report import select, write_results
 
 # TrainConfig fields the protocol sets itself; the rest may be given in ExperimentConfig.train.
 PROTOCOL_FIELDS = ("objective", "model", "dataset", "lr", "batch_size", "seed", "epochs", "output", "resume",
@@ -243,9 +245,6 @@ class Experiment:
     def run(self) -> list[dict[str, Any]]:
         """The whole protocol: features, grid, selection, test runs. Returns every result row (also written
         to ``results.csv`` with ``summary.md`` and the figures)."""
-        from .figures import write_figures
-        from .report import select, write_results
-
         self.prepare_features()
         grid_rows = self.execute([self._task(spec, ("val",)) for spec in self.config.plan_grid()], "grid search")
         selected = select(grid_rows, self.config)
