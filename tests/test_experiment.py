@@ -13,7 +13,9 @@ from PIL import Image
 from pyro_spn.experiment import METHODS, Experiment, ExperimentConfig, RunSpec, evaluate_run
 from pyro_spn.experiment import protocol as protocol_module
 from pyro_spn.experiment.cli import experiment as experiment_command
+from pyro_spn.experiment.evaluation import data_bandwidths
 from pyro_spn.experiment.report import criterion, select, summary
+from pyro_spn.metrics import mmd2_rbf
 from pyro_spn.train import TrainConfig, Trainer
 
 TINY = {"depth": 2, "num_repetitions": 2, "num_sums": 2, "num_leaves": 2, "max_batches_per_epoch": 2,
@@ -213,6 +215,19 @@ def test_evaluate_run_checks_the_split(tmp_path):
     torch.manual_seed(0)
     result = evaluate_run(tmp_path / "run", "test", num_samples=32)
     assert result["epochs"] == 1 and result["num_parameters"] > 0 and result["train_seconds"] > 0
+
+
+def test_2d_mmd_bandwidths_follow_the_data_scale():
+    torch.manual_seed(0)
+    data = torch.randn(1000, 2) * torch.tensor([1.0, 0.1])
+    collapsed = torch.randn(1000, 2) * torch.tensor([1.0, 0.0])  # the data's spread along one axis, none across
+    reference = mmd2_rbf(collapsed, data, data_bandwidths(data))
+    for scale in (0.1, 1.0, 30.0):
+        bandwidths = data_bandwidths(data * scale)
+        assert bandwidths[-1] / bandwidths[0] == pytest.approx(16)
+        assert mmd2_rbf(collapsed * scale, data * scale, bandwidths) == pytest.approx(reference, rel=1e-6)
+    # fixed bandwidths 1..16 hardly see the collapse of a set a few tenths wide; the data's own scale does
+    assert mmd2_rbf(collapsed * 0.3, data * 0.3) < reference / 5
 
 
 # -- CLI ------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Images: negative log-likelihood (nats per image) and bits per dimension, FID and KID of the model's samples
 against the split on a named feature extractor, reconstruction BCE (models that reconstruct: PAE circuits,
 the VAE). 2-D sets: held-out negative log-likelihood and its gap to the true density (where known), MMD² of
-the samples to the split, and mode coverage (Gaussian-mixture sets). A model without a likelihood (GAN,
+the samples to the split (RBF kernels at the data's scale, :func:`data_bandwidths`), and mode coverage
+(Gaussian-mixture sets). A model without a likelihood (GAN,
 MMD-GAN) leaves its likelihood entries ``None``.
 """
 
@@ -37,6 +38,8 @@ from ..train.sample import SavedRun
 SPLITS: tuple[str, ...] = ("val", "test")
 FEATURES: tuple[str, ...] = ("classifier", "inception")
 KID_SUBSETS = 50
+BANDWIDTH_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0)  # 2-D MMD² bandwidths, in median pairwise distances
+MEDIAN_POINTS = 1000
 # The metrics every evaluation reports (``None`` where one does not apply).
 METRICS: tuple[str, ...] = ("nll", "bpd", "fid", "kid", "kid_std", "features", "ll_gap", "mmd2", "mode_coverage",
                             "reconstruction", "accuracy")
@@ -150,10 +153,21 @@ def image_metrics(result: dict[str, Any], data: Dataset, x: Tensor, samples: Ten
         result["reconstruction"] = reconstruction_bce(data.preprocessing.inverse(reconstruction).clamp(0, 1), real)
 
 
+def data_bandwidths(x: Tensor) -> tuple[float, ...]:
+    """RBF bandwidths for the MMD² of 2-D points ``x [N, 2]``: ``BANDWIDTH_FACTORS`` times the median pairwise
+    distance of (at most the first 1000 of) ``x``, so that the kernels resolve the data's structure at its own
+    scale (fixed bandwidths of 1..16 only see the coarse shape of a set that spans a few units)."""
+    points = x[:MEDIAN_POINTS].double()
+    distances = torch.cdist(points, points)
+    median = float(distances[torch.triu_indices(len(points), len(points), 1).unbind()].median())
+    return tuple(factor * median for factor in BANDWIDTH_FACTORS)
+
+
 def planar_metrics(result: dict[str, Any], data: Dataset, x: Tensor, samples: Tensor, log_likelihood: Tensor | None,
                    reconstruction: Tensor | None) -> None:
-    """Fills ``result``'s 2-D entries (``mmd2``, ``ll_gap``, ``mode_coverage``, ``reconstruction``)."""
-    result["mmd2"] = mmd2_rbf(samples, x)
+    """Fills ``result``'s 2-D entries (``mmd2`` with :func:`data_bandwidths`, ``ll_gap``, ``mode_coverage``,
+    ``reconstruction``)."""
+    result["mmd2"] = mmd2_rbf(samples, x, data_bandwidths(x))
     if log_likelihood is not None and data.true_log_density is not None:
         result["ll_gap"] = log_likelihood_gap(log_likelihood, data.true_log_density(x))
     if data.modes is not None:

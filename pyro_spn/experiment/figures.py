@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from .protocol import ExperimentConfig
 
 CELL = 224  # pixels per cell side
-LABEL_WIDTH = 120  # pixels of the row-label column
-LABEL_HEIGHT = 24  # pixels of the column-label row
+LABEL_WIDTH = 150  # pixels of the row-label column
+LABEL_HEIGHT = 34  # pixels of the column-label row
+FONT_SIZE = 20  # pixels, so labels stay readable when the figure is shrunk
 BACKGROUND = (255, 255, 255)
 EMPTY = (235, 235, 235)
 
@@ -33,12 +34,12 @@ def compose(cells: dict[tuple[str, str], Path | None], rows: list[str], columns:
     width, height = LABEL_WIDTH + CELL * len(columns), LABEL_HEIGHT + CELL * len(rows)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=FONT_SIZE)
     for j, column in enumerate(columns):
         draw.text((LABEL_WIDTH + j * CELL + 6, 6), column, fill=(0, 0, 0), font=font)
     for i, row in enumerate(rows):
         top = LABEL_HEIGHT + i * CELL
-        draw.text((6, top + CELL // 2 - 6), row, fill=(0, 0, 0), font=font)
+        draw.text((6, top + CELL // 2 - FONT_SIZE // 2), row, fill=(0, 0, 0), font=font)
         for j, column in enumerate(columns):
             picture = cells.get((row, column))
             box = (LABEL_WIDTH + j * CELL + 2, top + 2)
