@@ -22,7 +22,7 @@ from ..class_conditional import ClassConditionalSPN, fit_class_conditional
 from ..data import Dataset, load_dataset
 from ..metrics import classifier_on_samples
 from ..train import TrainConfig
-from ..train.model import auto_depth, make_leaf, resolve_device
+from ..train.model import DataInfo, make_leaf, resolve_device, spn_options
 from ..train.pictures import save_image_grid
 from .evaluation import METRICS, image_metrics
 
@@ -38,11 +38,8 @@ def _data(config: TrainConfig) -> Dataset:
 
 def _build(config: TrainConfig, data: Dataset) -> ClassConditionalSPN:
     """The run's circuit, on the run's device."""
-    depth = config.depth if config.depth is not None else auto_depth(data.event_shape)
     model = ClassConditionalSPN(data.event_shape, int(data.train_labels.max()) + 1,
-                                make_leaf(data.leaf, data.total_count), depth=depth,
-                                num_repetitions=config.num_repetitions, num_sums=config.num_sums,
-                                num_leaves=config.num_leaves, seed=config.seed)
+                                make_leaf(data.leaf, data.total_count), **spn_options(config, DataInfo.of(data)))
     return model.to(resolve_device(config.device))
 
 

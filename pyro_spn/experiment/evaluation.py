@@ -66,20 +66,21 @@ def feature_extractor(kind: str, dataset: str, cache: Path, *, data_root: str = 
         if inception_weights is None:
             raise ValueError("inception_weights: the inception features need a local weights file")
         return inception_features(inception_weights)
+    name = f"classifier-{dataset}"
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        model = ClassifierFeatures(saved["channels"], saved["num_classes"], name=name)
+        model.load_state_dict(saved["state_dict"])
+        return model.eval()
     data = load_dataset(dataset, leaf="auto", root=data_root, seed=0)
     if data.train_labels is None:
         raise ValueError(f"features: {dataset!r} has no labels to train a classifier on; use inception features")
     images = data.preprocessing.inverse(data.train)
-    num_classes = int(data.train_labels.max()) + 1
-    name = f"classifier-{dataset}"
-    model = ClassifierFeatures(images.shape[1], num_classes, name=name)
-    if cache.is_file():
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        return model.eval()
     model = train_classifier_features(images, data.train_labels, epochs=epochs, name=name)
     cache.parent.mkdir(parents=True, exist_ok=True)
     temp = cache.with_name(cache.name + ".tmp")
-    torch.save(model.state_dict(), temp)
+    torch.save({"channels": images.shape[1], "num_classes": int(data.train_labels.max()) + 1,
+                "state_dict": model.state_dict()}, temp)
     os.replace(temp, cache)
     return model
 

@@ -118,7 +118,7 @@ class Model(nn.Module):
         objective = make_objective(config.objective, event_shape=info.event_shape, nll_weight=config.nll_weight,
                                    **_objective_options(config, info))
         leaf = make_leaf(info.leaf, info.total_count)
-        spn = objective.build_spn(info.event_shape, leaf, **_spn_options(config, info))
+        spn = objective.build_spn(info.event_shape, leaf, **spn_options(config, info))
         temperature = make_temperature(config.temperature, config.tau, config.tau_min, config.tau_rate)
         return cls(spn, objective, temperature, config, info)
 
@@ -256,11 +256,13 @@ class Model(nn.Module):
 def spn_num_parameters(config: TrainConfig, info: DataInfo) -> int:
     """The parameter count of the circuit over the data that ``config`` describes for data ``info`` (its
     ``num_repetitions``, ``num_sums``, ``num_leaves``, ``depth`` and the leaf type): a baseline's budget."""
-    spn = RatSPN(info.event_shape, leaf=make_leaf(info.leaf, info.total_count), **_spn_options(config, info))
+    spn = RatSPN(info.event_shape, leaf=make_leaf(info.leaf, info.total_count), **spn_options(config, info))
     return sum(p.numel() for p in spn.parameters())
 
 
-def _spn_options(config: TrainConfig, info: DataInfo) -> dict[str, Any]:
+def spn_options(config: TrainConfig, info: DataInfo) -> dict[str, Any]:
+    """``RatSPN``'s structure arguments from ``config`` (``depth``: the config's, or :func:`auto_depth` of the
+    data), for data ``info``."""
     depth = config.depth if config.depth is not None else auto_depth(info.event_shape)
     return {"depth": depth, "num_repetitions": config.num_repetitions, "num_sums": config.num_sums,
             "num_leaves": config.num_leaves, "seed": config.seed}
