@@ -6,14 +6,10 @@ All values are log-likelihoods (log-space everywhere).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-#: Shifted child log-likelihoods are floored at this fraction of log(smallest normal float) before exp:
-#: -30.6 nats in float32, -248 in float64.
-_EXP_FLOOR_FRACTION = 0.35
+from .log_einsum import exp_floor, log_einsum, stable_max
 
 
 def split_children(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -35,27 +31,6 @@ def pair_log_likelihood(x: Tensor) -> Tensor:
     return (left[..., :, None] + right[..., None, :]).flatten(-2)
 
 
-def _stable_max(x: Tensor) -> Tensor:
-    """``max`` over the last dim (kept), with non-finite maxima replaced by 0 (no gradient)."""
-    m = x.detach().amax(-1, keepdim=True)
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-
-
-def _outer(left: Tensor, right: Tensor) -> Tensor:
-    """Outer products of the last dims: ``[..., K] x [..., K]`` → ``[..., K * K]``, pair ``(i, j)`` at ``i * K + j``.
-
-    On the CPU a ``bmm`` with inner dimension 1, whose backward is two ``bmm``s instead of reductions over a
-    broadcast product (2x faster there); on GPUs that ``bmm`` runs as slow matrix-vector kernels, so it is a
-    broadcast multiply there. Both compute the same single products.
-    """
-    num_inputs = left.shape[-1]
-    if left.device.type == "cpu":
-        pairs = torch.bmm(left.reshape(-1, num_inputs, 1), right.reshape(-1, 1, num_inputs))
-    else:
-        pairs = left[..., :, None] * right[..., None, :]
-    return pairs.reshape(left.shape[:-1] + (num_inputs * num_inputs,))
-
-
 class EinsumLayer(nn.Module):
     """One layer of sums over products of pairs of sibling regions.
 
@@ -71,7 +46,7 @@ class EinsumLayer(nn.Module):
         generator: seeds the weight initialization.
 
     Parameters:
-        logits: ``[L, K_out, R, K_in, K_in]``, normalized over ``K_in × K_in`` (softmax).
+        logits: ``[R, L, K_out, K_in, K_in]``, normalized over ``K_in × K_in`` (softmax).
     """
 
     def __init__(self, num_regions: int, num_inputs: int, num_outputs: int, num_repetitions: int,
@@ -81,15 +56,26 @@ class EinsumLayer(nn.Module):
         self.num_inputs = num_inputs
         self.num_outputs = num_outputs
         self.num_repetitions = num_repetitions
+        # drawn in the former [L, K_out, R, K_in, K_in] order, so that a seed still gives the same circuit
         shape = (num_regions, num_outputs, num_repetitions, num_inputs, num_inputs)
-        self.logits = nn.Parameter(0.5 * torch.randn(shape, generator=generator))
+        logits = 0.5 * torch.randn(shape, generator=generator)
+        self.logits = nn.Parameter(logits.permute(2, 0, 1, 3, 4).contiguous())
 
     def log_weights(self) -> Tensor:
         """Normalized log-weights, ``[R, L, K_out, K_in * K_in]``."""
-        return self.logits.flatten(-2).log_softmax(-1).permute(2, 0, 1, 3)
+        return self.logits.flatten(-2).log_softmax(-1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Sum-product pass.
+
+        Each child region is shifted by its maximum and children more than ``|floor|`` nats below it are raised
+        to the floor before exp (see :func:`~pyro_spn.log_einsum.exp_floor`).
+
+        On the CPU the layer runs in a batch-innermost ``[R, L, K, N]`` layout through
+        :func:`~pyro_spn.log_einsum.log_einsum` (chunked, cache-sized products of pairs, a manual backward), and
+        its output is a ``[N, R, L, K_out]`` view of a contiguous ``[R, L, K_out, N]`` tensor, so that a chain of
+        these layers transposes once, at the bottom. On GPUs it is a broadcast outer product and one batched
+        matmul in a ``[R, L, N, K_in * K_in]`` layout. Both compute the same values up to summation order.
 
         Args:
             x: child log-likelihoods ``[N, R, 2L, K_in]``.
@@ -97,45 +83,19 @@ class EinsumLayer(nn.Module):
         Returns:
             ``[N, R, L, K_out]``.
         """
-        if x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or self.logits.requires_grad)):
-            return self._forward_transposed(x)
+        if x.device.type == "cpu":
+            xt = x.permute(1, 2, 3, 0).contiguous()  # [R, 2L, K_in, N]; a no-op for this layer's own output
+            return log_einsum(xt, self.logits.flatten(-2).softmax(-1)).permute(3, 0, 1, 2)
         left, right = split_children(x)
-        left_max, right_max = _stable_max(left), _stable_max(right)
-        # Children more than |floor| nats below their region's best are raised to the floor before exp, so
-        # that products of pairs and weights stay normal floats: subnormal arithmetic is ~10x slower on CPUs,
-        # and those children's true share of the sum (< e^floor of the best pair's) is below the precision.
-        floor = _EXP_FLOOR_FRACTION * math.log(torch.finfo(x.dtype).tiny)
+        left_max, right_max = stable_max(left), stable_max(right)
+        floor = exp_floor(x.dtype)
         # pairs in [R, L, N, K_in * K_in] layout, so that the batched matmul over (R, L) needs no copy
         left_scaled = (left - left_max).clamp_min(floor).exp().permute(1, 2, 0, 3)
         right_scaled = (right - right_max).clamp_min(floor).exp().permute(1, 2, 0, 3)
-        pairs = _outer(left_scaled, right_scaled)
-        weights = self.logits.flatten(-2).softmax(-1).permute(2, 0, 3, 1)  # [R, L, K_in * K_in, K_out]
+        pairs = (left_scaled[..., :, None] * right_scaled[..., None, :]).flatten(-2)
+        weights = self.logits.flatten(-2).softmax(-1).transpose(-1, -2)  # [R, L, K_in * K_in, K_out]
         mixed = torch.matmul(pairs, weights).permute(2, 0, 1, 3)  # [N, R, L, K_out]
         return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log() + left_max + right_max
-
-    def _forward_transposed(self, x: Tensor) -> Tensor:
-        """:meth:`forward` without autograd on the CPU, in a ``[R, L, K, N]`` layout (batch innermost).
-
-        The same operations on the same values (results agree up to the matmul's summation order), but the outer
-        products are a broadcast multiply along contiguous rows of ``N`` and the matmul is
-        ``[K_out, K_in^2] @ [K_in^2, N]``: 1.6x faster than the ``[N, K_in^2] @ [K_in^2, K_out]`` layout there
-        (whose backward is faster, so it stays the autograd path). The output is a ``[N, R, L, K_out]`` view of a
-        contiguous ``[R, L, K_out, N]`` tensor, so a chain of these layers transposes once, at the bottom.
-        """
-        xt = x.permute(1, 2, 3, 0).contiguous()  # [R, 2L, K_in, N]; a no-op for this method's own output
-        left, right = xt[:, 0::2], xt[:, 1::2]
-        left_max, right_max = _stable_max(left.transpose(-1, -2)), _stable_max(right.transpose(-1, -2))
-        left_max, right_max = left_max.transpose(-1, -2), right_max.transpose(-1, -2)  # [R, L, 1, N]
-        floor = _EXP_FLOOR_FRACTION * math.log(torch.finfo(x.dtype).tiny)
-        left_scaled = (left - left_max).clamp_min_(floor).exp_()
-        right_scaled = (right - right_max).clamp_min_(floor).exp_()
-        repetitions, regions, num_inputs, num_samples = left_scaled.shape
-        pairs = left_scaled[:, :, :, None, :] * right_scaled[:, :, None, :, :]  # [R, L, K_in, K_in, N]
-        pairs = pairs.view(repetitions, regions, num_inputs * num_inputs, num_samples)
-        weights = self.logits.flatten(-2).softmax(-1).permute(2, 0, 1, 3)  # [R, L, K_out, K_in * K_in]
-        mixed = torch.matmul(weights, pairs)  # [R, L, K_out, N]
-        out = mixed.clamp_min_(torch.finfo(mixed.dtype).tiny).log_().add_(left_max + right_max)
-        return out.permute(3, 0, 1, 2)
 
     def forward_max(self, x: Tensor) -> Tensor:
         """Max-product pass: ``max_ij log w[k, i, j] + left_i + right_j``.

@@ -1,7 +1,7 @@
 """Exact inference of ``RatSPN`` / ``SPNDistribution`` against brute force on tiny circuits.
 
 Two independent references are used, both written from the *documented semantics* of the parameters
-(``EinsumLayer.logits[l, k, r, i, j]`` weighs left unit ``i`` of region ``2l`` and right unit ``j`` of region
+(``EinsumLayer.logits[r, l, k, i, j]`` weighs left unit ``i`` of region ``2l`` and right unit ``j`` of region
 ``2l + 1``; ``RepetitionMixing.logits[r]``; leaf components ``[C, F, I, R]`` evaluated with
 ``torch.distributions``) and never the library's tensorized passes:
 
@@ -135,14 +135,14 @@ class TreeReference:
         with torch.no_grad():
             log_w = spn.root.logits.log_softmax(-1)[:, None].expand(R, T).clone()  # [R, T]
             for t, layer in enumerate(spn.inner_layers):
-                shape = layer.logits.shape  # [L_t, K_out, R, K_in, K_in]
+                shape = layer.logits.shape  # [R, L_t, K_out, K_in, K_in]
                 layer_w = layer.logits.flatten(-2).log_softmax(-1).view(shape)
-                for j in range(shape[0]):
+                for j in range(shape[1]):
                     parent = (self.assign[:, self.offsets[t + 1] + j] if t + 1 < D
                               else torch.zeros(T, dtype=torch.long))
                     left = self.assign[:, self.offsets[t] + 2 * j]
                     right = self.assign[:, self.offsets[t] + 2 * j + 1]
-                    log_w += layer_w[j].permute(1, 0, 2, 3)[:, parent, left, right]  # [R, T]
+                    log_w += layer_w[:, j][:, parent, left, right]  # [R, T]
         self.log_weight = log_w
 
     def region_log_prob(self, x: torch.Tensor, missing: str = "marginal") -> torch.Tensor:
@@ -214,14 +214,14 @@ def naive_forward(spn: RatSPN, x: torch.Tensor, max_product: bool = False) -> to
             for f in range(spn.num_features):
                 h[:, r, spn.variable_region[r, f]] += per_var[:, f, :, r]
         for layer in spn.inner_layers:
-            n_regions, k_out, _, k_in, _ = layer.logits.shape
+            _, n_regions, k_out, k_in, _ = layer.logits.shape
             log_w = layer.logits.flatten(-2).log_softmax(-1).view(layer.logits.shape)
             out = torch.empty(N, R, n_regions, k_out, dtype=DTYPE)
             for region in range(n_regions):
                 terms = []
                 for i in range(k_in):
                     for j in range(k_in):
-                        terms.append(log_w[region, :, :, i, j].T[None]  # [1, R, K_out]
+                        terms.append(log_w[:, region, :, i, j][None]  # [1, R, K_out]
                                      + h[:, :, 2 * region, i, None] + h[:, :, 2 * region + 1, j, None])
                 terms = torch.stack(terms, -1)
                 out[:, :, region] = terms.amax(-1) if max_product else terms.logsumexp(-1)

@@ -11,7 +11,7 @@ def reference(layer: EinsumLayer, x: torch.Tensor) -> torch.Tensor:
     """``log Σ_ij w[k, i, j] exp(left_i + right_j)`` with torch.logsumexp, in float64."""
     left, right = x[:, :, 0::2].double(), x[:, :, 1::2].double()
     pairs = (left[..., :, None] + right[..., None, :]).flatten(-2)  # [N, R, L, Q]
-    log_w = layer.logits.double().flatten(-2).log_softmax(-1).permute(2, 0, 1, 3)  # [R, L, K, Q]
+    log_w = layer.logits.double().flatten(-2).log_softmax(-1)  # [R, L, K, Q]
     return torch.logsumexp(pairs[:, :, :, None, :] + log_w, dim=-1)
 
 

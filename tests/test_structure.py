@@ -292,7 +292,7 @@ def test_layer_shapes():
     D, R, K, n_leaf = 3, 4, 5, 6
     spn = RatSPN(20, depth=D, num_repetitions=R, num_sums=K, num_leaves=n_leaf, leaf=Bernoulli())
     assert len(spn.inner_layers) == D
-    expected = [(4, K, R, n_leaf, n_leaf), (2, K, R, K, K), (1, 1, R, K, K)]
+    expected = [(R, 4, K, n_leaf, n_leaf), (R, 2, K, K, K), (R, 1, 1, K, K)]
     assert [tuple(layer.logits.shape) for layer in spn.inner_layers] == expected
     assert tuple(spn.root.logits.shape) == (R,)
 

@@ -1,0 +1,188 @@
+"""The log-einsum-exp of an einsum layer in a batch-innermost layout, as one autograd function whose forward
+and backward work through the layer in cache-sized chunks.
+
+Shapes: ``R`` repetitions, ``L`` output regions (the input has ``2L``: siblings ``2l`` and ``2l + 1``),
+``K`` units per child region, ``K_out`` per output region, ``N`` batch, ``G = R * L`` groups.
+
+``out[r, l, k, n] = log Σ_ij w[r, l, k, i * K + j] · exp(x[r, 2l, i, n] + x[r, 2l + 1, j, n])``
+
+is computed with each child region shifted by its maximum, as a batched matmul of the weights with the
+products of all pairs of shifted, exponentiated children. The ``[G, K * K, N]`` products of pairs are the
+largest tensor; :class:`ChunkedLogEinsum` never holds them all at once (a chunk of groups at a time, so that
+they are still in cache when the matmul reads them) and its backward recomputes them instead of storing them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+from torch import Tensor
+
+#: Shifted child log-likelihoods are floored at this fraction of log(smallest normal float) before exp:
+#: -30.6 nats in float32, -248 in float64.
+EXP_FLOOR_FRACTION = 0.35
+
+#: Products of pairs are formed in chunks of groups of about this many bytes (4 MiB: the two cores' L2 caches of
+#: the benchmark machine; the fastest of 0.25 to 32 MiB on the paper's workload, forward and backward).
+PAIRS_CHUNK_BYTES = 4 * 2**20
+
+
+def stable_max(x: Tensor, dim: int = -1) -> Tensor:
+    """``max`` over ``dim`` (kept), with non-finite maxima replaced by 0 (no gradient)."""
+    m = x.detach().amax(dim, keepdim=True)
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def exp_floor(dtype: torch.dtype) -> float:
+    """The floor of shifted child log-likelihoods before exp.
+
+    Children more than ``|floor|`` nats below their region's best are raised to it, so that products of pairs and
+    weights stay normal floats: subnormal arithmetic is ~10x slower on CPUs, and those children's true share of
+    the sum (< e^floor of the best pair's) is below the precision.
+    """
+    return EXP_FLOOR_FRACTION * math.log(torch.finfo(dtype).tiny)
+
+
+def log_einsum(x: Tensor, weights: Tensor) -> Tensor:
+    """The layer's log-einsum-exp with :class:`ChunkedLogEinsum`.
+
+    Args:
+        x: child log-likelihoods ``[R, 2L, K, N]``.
+        weights: normalized weights ``[R, L, K_out, K * K]``, pair ``(i, j)`` at ``i * K + j``.
+
+    Returns:
+        ``[R, L, K_out, N]``.
+    """
+    return ChunkedLogEinsum.apply(x, weights)
+
+
+def log_einsum_reference(x: Tensor, weights: Tensor) -> Tensor:
+    """:func:`log_einsum` in plain differentiable operations on whole tensors (no floor, no chunks): the
+    reference the chunked function is tested against, and its backward under ``create_graph``."""
+    shift = stable_max(x, dim=-2)  # [R, 2L, 1, N]
+    children = _as_children(torch.exp(x - shift))
+    mixed = weights.flatten(0, 1) @ _pairs(children)  # [G, K_out, N]
+    repetitions, regions = weights.shape[:2]
+    return mixed.view(repetitions, regions, *mixed.shape[1:]).log() + _pair_shift(shift)
+
+
+def _as_children(scaled: Tensor) -> Tensor:
+    """``[R, 2L, K, N]`` → ``[G, 2, K, N]``: every group's left and right child."""
+    repetitions, two_regions, num_inputs, num_samples = scaled.shape
+    return scaled.reshape(repetitions * (two_regions // 2), 2, num_inputs, num_samples)
+
+
+def _pair_shift(shift: Tensor) -> Tensor:
+    """The shift of each output region, its children's shifts added: ``[R, 2L, 1, N]`` → ``[R, L, 1, N]``."""
+    repetitions, two_regions, _, num_samples = shift.shape
+    return shift.view(repetitions, two_regions // 2, 2, num_samples).sum(2, keepdim=True)
+
+
+def _pairs(children: Tensor, out: Tensor | None = None) -> Tensor:
+    """Products of all pairs of a left and a right child: ``[G, 2, K, N]`` → ``[G, K * K, N]``, pair ``(i, j)``
+    (``left_i · right_j``) at ``i * K + j``; written into ``out`` (``[>= G, K * K, N]``) when given."""
+    groups, _, num_inputs, num_samples = children.shape
+    shape = (groups, num_inputs, num_inputs, num_samples)
+    pairs = torch.mul(children[:, 0, :, None, :], children[:, 1, None, :, :],
+                      out=None if out is None else out[:groups].view(shape))
+    return pairs.view(groups, num_inputs * num_inputs, num_samples)
+
+
+def _chunks(children: Tensor) -> list[slice]:
+    """Slices of the groups of ``children`` ``[G, 2, K, N]`` whose pairs take about ``PAIRS_CHUNK_BYTES``."""
+    groups, _, num_inputs, num_samples = children.shape
+    group_bytes = max(1, num_inputs * num_inputs * num_samples * children.element_size())
+    chunk = max(1, PAIRS_CHUNK_BYTES // group_bytes)
+    return [slice(start, min(start + chunk, groups)) for start in range(0, groups, chunk)]
+
+
+#: Per thread, the chunk buffers of the last calls by ``(device, dtype, role)``, kept up to this many bytes each:
+#: a fresh multi-MiB buffer per call costs page faults that slowed the paper's first layer by up to 2x.
+_KEPT_BUFFER_BYTES = 2 * PAIRS_CHUNK_BYTES
+_workspace = threading.local()
+
+
+def _chunk_buffer(children: Tensor, chunks: list[slice], role: int) -> Tensor:
+    """Room for one chunk's pairs, ``[g, K * K, N]``, reused by every chunk of a call and, up to
+    ``_KEPT_BUFFER_BYTES``, by later calls in the same thread (``role`` tells a call's buffers apart)."""
+    _, _, num_inputs, num_samples = children.shape
+    shape = (chunks[0].stop - chunks[0].start, num_inputs * num_inputs, num_samples)
+    numel = math.prod(shape)
+    if numel * children.element_size() > _KEPT_BUFFER_BYTES:
+        return children.new_empty(shape)
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    key = (children.device, children.dtype, role)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[key] = children.new_empty(numel)
+    return buffer[:numel].view(shape)
+
+
+class ChunkedLogEinsum(torch.autograd.Function):
+    """:func:`log_einsum` with a manual backward; see the module docstring.
+
+    Forward: shift, floor and exponentiate the children in place, then per chunk of groups form the pairs and
+    ``mixed = weights @ pairs``; the output is ``log mixed`` plus the shifts.
+
+    Backward, with ``g = grad / mixed`` (zero where ``mixed`` was clamped at the smallest normal float), per chunk:
+    ``grad_weights = g @ pairsᵀ``, ``grad_pairs = weightsᵀ @ g``, and each child's gradient as a reduction of
+    ``grad_pairs`` times the other child; then through exp (times the scaled children) and the floor (zero
+    where a child was floored). The shifts cancel and carry no gradient. Under ``create_graph`` the gradients
+    are those of :func:`log_einsum_reference`, so higher derivatives work.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+        repetitions, regions, num_outputs, num_pairs = weights.shape
+        num_samples = x.shape[-1]
+        shift = stable_max(x, dim=-2)  # [R, 2L, 1, N]
+        floor = exp_floor(x.dtype)
+        shifted = x - shift
+        kept = shifted > floor if ctx.needs_input_grad[0] else None
+        children = _as_children(shifted.clamp_min_(floor).exp_())  # [G, 2, K, N]
+        flat_weights = weights.reshape(repetitions * regions, num_outputs, num_pairs)
+        mixed = x.new_empty(repetitions * regions, num_outputs, num_samples)
+        chunks = _chunks(children)
+        buffer = _chunk_buffer(children, chunks, role=0)
+        for part in chunks:
+            torch.matmul(flat_weights[part], _pairs(children[part], buffer), out=mixed[part])
+        tiny = torch.finfo(x.dtype).tiny
+        inverse = mixed.reciprocal().masked_fill_(mixed <= tiny, 0.0) if any(ctx.needs_input_grad) else None
+        ctx.save_for_backward(x, weights, children, kept, inverse)
+        out = mixed.clamp_min_(tiny).log_().view(repetitions, regions, num_outputs, num_samples)
+        return out.add_(_pair_shift(shift))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, weights, children, kept, inverse = ctx.saved_tensors
+        need_x, need_weights = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph
+            inputs = [t for t, needed in zip((x, weights), ctx.needs_input_grad, strict=True) if needed]
+            grads = iter(torch.autograd.grad(log_einsum_reference(x, weights), inputs, grad, create_graph=True))
+            return next(grads) if need_x else None, next(grads) if need_weights else None
+        groups, _, num_inputs, num_samples = children.shape
+        g = grad.reshape(inverse.shape) * inverse  # [G, K_out, N]
+        flat_weights = weights.reshape(groups, *weights.shape[2:])
+        grad_children = torch.empty_like(children) if need_x else None
+        grad_weights = torch.empty_like(flat_weights) if need_weights else None
+        chunks = _chunks(children)
+        pairs_buffer = _chunk_buffer(children, chunks, role=0)
+        grad_pairs_buffer = _chunk_buffer(children, chunks, role=1) if need_x else None
+        for part in chunks:
+            size = part.stop - part.start
+            if grad_weights is not None:
+                pairs = _pairs(children[part], pairs_buffer)
+                torch.matmul(g[part], pairs.transpose(1, 2), out=grad_weights[part])
+            if grad_children is not None:
+                grad_pairs = torch.matmul(flat_weights[part].transpose(1, 2), g[part], out=grad_pairs_buffer[:size])
+                grad_pairs = grad_pairs.view(size, num_inputs, num_inputs, num_samples)  # [g, i, j, N]
+                left, right = children[part, 0], children[part, 1]
+                product = torch.mul(grad_pairs, right[:, None], out=pairs_buffer[:size].view(grad_pairs.shape))
+                torch.sum(product, 2, out=grad_children[part, 0])
+                torch.sum(grad_pairs.mul_(left[:, :, None]), 1, out=grad_children[part, 1])
+        grad_x = None
+        if grad_children is not None:
+            grad_x = grad_children.mul_(children).view(x.shape).mul_(kept)
+        return grad_x, None if grad_weights is None else grad_weights.view(weights.shape)
