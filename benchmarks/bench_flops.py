@@ -2,13 +2,13 @@
 
 Usage::
 
-    python benchmarks/bench_flops.py [--threads 2] [--batch 128] [--matmul-size 2048] [--repeats 5]
+    python benchmarks/bench_flops.py [--threads 2] [--batch 128] [--matmul-size 2048] [--repeats 7]
         [--quick] [--json results.json]
 
 1. Matmul rate: ``torch.matmul`` of two ``n x n`` float32 matrices (``--matmul-size``), and batched
-   matmuls of each einsum layer's shapes, ``[R*L, N, K_in^2] @ [R*L, K_in^2, K_out]`` (the autograd path,
-   "bmm") and ``[R*L, K_out, K_in^2] @ [R*L, K_in^2, N]`` (the CPU no-grad path), in GFLOP/s with
-   ``2*m*n*k`` FLOPs per product.
+   matmuls of each einsum layer's shapes, ``[R*L, K_out, K_in^2] @ [R*L, K_in^2, N]`` (the CPU path's layout,
+   "bmm"; the layer runs it in chunks of groups) and ``[R*L, N, K_in^2] @ [R*L, K_in^2, K_out]`` (the GPU
+   path's layout), in GFLOP/s with ``2*m*n*k`` FLOPs per product.
 2. Every ``EinsumLayer`` of the paper's RAT-SPN (``Config``) alone, on the inputs it sees in the model's
    upward pass over the benchmark batch: forward under ``torch.no_grad()``, and forward + backward of
    ``output.sum()`` into its weights and input. FLOPs: "matmul" = ``2*N*R*L*K_in^2*K_out``, "all" =
@@ -18,8 +18,10 @@ Usage::
    floor: the leaf matmul (``2*N*C*F*S*I*R``, ``S`` sufficient statistics) plus the einsum layers' "all"
    FLOPs, at the square-matmul rate.
 
-Times are medians of ``--repeats`` blocks after a warm-up call; a block repeats the call until it takes
-at least ``--min-block`` seconds and counts the mean. The process pins itself to ``--threads`` threads
+Times are medians of ``--repeats`` rounds after a warm-up call; every round times one block of every
+measurement above in turn (so that a slower or busier phase of the machine affects the matmul rate and the
+layers alike), and a block repeats its call until it takes at least ``--min-block`` seconds and counts the
+mean. The process pins itself to ``--threads`` threads
 (``torch.set_num_threads``, and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` by re-executing itself).
 """
 
@@ -58,7 +60,7 @@ class LayerResult:
     all_flops: int
     bmm_s: float
     bmm_gflops: float
-    bmm_t_s: float
+    bmm_gpu_layout_s: float
     forward_s: float
     backward_s: float
 
@@ -81,51 +83,74 @@ def pin_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def median_time(fn: Callable[[], object], repeats: int, min_block: float) -> float:
-    """Median seconds per call of ``fn`` over ``repeats`` blocks, after a warm-up and a calibration call."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    number = max(1, math.ceil(min_block / max(time.perf_counter() - start, 1e-9)))
-    per_call = []
-    for _ in range(repeats):
+class Timer:
+    """Seconds per call of ``fn``: calibrated once (a warm-up call, then a call that sets how many calls make a
+    block of at least ``min_block`` seconds), then timed one block per :meth:`block` call."""
+
+    def __init__(self, fn: Callable[[], object], min_block: float) -> None:
+        self.fn = fn
+        fn()
         start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        per_call.append((time.perf_counter() - start) / number)
-    return statistics.median(per_call)
+        fn()
+        self.number = max(1, math.ceil(min_block / max(time.perf_counter() - start, 1e-9)))
+        self.per_call: list[float] = []
+
+    def block(self) -> None:
+        """Time one block and record its mean seconds per call."""
+        start = time.perf_counter()
+        for _ in range(self.number):
+            self.fn()
+        self.per_call.append((time.perf_counter() - start) / self.number)
+
+    @property
+    def median(self) -> float:
+        """Median over the blocks so far."""
+        return statistics.median(self.per_call)
 
 
-def matmul_time(a_shape: tuple[int, ...], b_shape: tuple[int, ...], repeats: int, min_block: float) -> float:
-    """Median seconds of ``torch.matmul`` of random float32 matrices (or batches of them) of these shapes."""
+def matmul_timer(a_shape: tuple[int, ...], b_shape: tuple[int, ...], min_block: float) -> Timer:
+    """Times ``torch.matmul`` of random float32 matrices (or batches of them) of these shapes."""
     a, b = torch.randn(a_shape), torch.randn(b_shape)
-    return median_time(lambda: torch.matmul(a, b), repeats, min_block)
+    return Timer(lambda: torch.matmul(a, b), min_block)
 
 
-def measure_layer(layer: EinsumLayer, x: torch.Tensor, repeats: int, min_block: float) -> LayerResult:
-    """Time ``layer`` alone on its input ``x`` ``[N, R, 2L, K_in]`` and the matmul of its shape."""
-    n, k_in, k_out = x.shape[0], layer.num_inputs, layer.num_outputs
-    groups = layer.num_repetitions * layer.num_regions  # R * L independent matmuls
-    matmul_flops = 2 * n * groups * k_in**2 * k_out
-    bmm_s = matmul_time((groups, n, k_in**2), (groups, k_in**2, k_out), repeats, min_block)
-    bmm_t_s = matmul_time((groups, k_out, k_in**2), (groups, k_in**2, n), repeats, min_block)
+class LayerTimers:
+    """The timers of one einsum layer on its input ``x`` ``[N, R, 2L, K_in]``: its matmul shapes alone, its
+    forward without grad, and forward + backward of ``output.sum()`` into its weights and input."""
 
-    def forward() -> None:
-        with torch.no_grad():
-            layer(x)
+    def __init__(self, layer: EinsumLayer, x: torch.Tensor, min_block: float) -> None:
+        self.layer, self.num_samples = layer, x.shape[0]
+        k_in, k_out, groups = layer.num_inputs, layer.num_outputs, layer.num_repetitions * layer.num_regions
+        self.bmm = matmul_timer((groups, k_out, k_in**2), (groups, k_in**2, x.shape[0]), min_block)
+        self.bmm_gpu_layout = matmul_timer((groups, x.shape[0], k_in**2), (groups, k_in**2, k_out), min_block)
 
-    x_grad = x.clone().requires_grad_(True)
+        def forward() -> None:
+            with torch.no_grad():
+                layer(x)
 
-    def forward_backward() -> None:
-        layer.zero_grad(set_to_none=True)
-        x_grad.grad = None
-        layer(x_grad).sum().backward()
+        x_grad = x.clone().requires_grad_(True)
 
-    return LayerResult(regions=layer.num_regions, inputs=k_in, outputs=k_out, matmul_flops=matmul_flops,
-                       all_flops=matmul_flops + n * groups * k_in**2, bmm_s=bmm_s,
-                       bmm_gflops=matmul_flops / bmm_s / 1e9, bmm_t_s=bmm_t_s,
-                       forward_s=median_time(forward, repeats, min_block),
-                       backward_s=median_time(forward_backward, repeats, min_block))
+        def forward_backward() -> None:
+            layer.zero_grad(set_to_none=True)
+            x_grad.grad = None
+            layer(x_grad).sum().backward()
+
+        self.forward, self.forward_backward = Timer(forward, min_block), Timer(forward_backward, min_block)
+
+    def timers(self) -> list[Timer]:
+        """All four, in the order they run in a round."""
+        return [self.bmm, self.bmm_gpu_layout, self.forward, self.forward_backward]
+
+    def result(self) -> LayerResult:
+        """Medians and FLOPs."""
+        layer, n = self.layer, self.num_samples
+        groups = layer.num_repetitions * layer.num_regions  # R * L independent matmuls
+        matmul_flops = 2 * n * groups * layer.num_inputs**2 * layer.num_outputs
+        return LayerResult(regions=layer.num_regions, inputs=layer.num_inputs, outputs=layer.num_outputs,
+                           matmul_flops=matmul_flops, all_flops=matmul_flops + n * groups * layer.num_inputs**2,
+                           bmm_s=self.bmm.median, bmm_gflops=matmul_flops / self.bmm.median / 1e9,
+                           bmm_gpu_layout_s=self.bmm_gpu_layout.median, forward_s=self.forward.median,
+                           backward_s=self.forward_backward.median)
 
 
 def leaf_flops(spn: RatSPN, x: torch.Tensor) -> int:
@@ -145,18 +170,18 @@ def format_report(cfg: Config, square: tuple[int, float], layers: list[LayerResu
     size, square_s = square
     gemm = 2 * size**3 / square_s / 1e9
     lines = [f"{describe_model(cfg)}, {cfg.num_features} variables, batch {cfg.batch}, float32, CPU.",
-             f"Machine: {machine}. Times: median of {repeats} blocks after warm-up.", "",
+             f"Machine: {machine}. Times: median of {repeats} interleaved rounds after warm-up.", "",
              "fp32 matmul rate (2*m*n*k FLOPs):",
              f"  square [{size}, {size}] @ [{size}, {size}]: {1e3 * square_s:.2f} ms, {gemm:.1f} GFLOP/s  (= 'gemm')"]
     for index, layer in enumerate(layers, 1):
         batch = cfg.num_repetitions * layer.regions
-        lines.append(f"  layer {index} shape [{batch}, {cfg.batch}, {layer.inputs ** 2}] @ "
-                     f"[{batch}, {layer.inputs ** 2}, {layer.outputs}]: {1e3 * layer.bmm_s:.3f} ms, "
+        lines.append(f"  layer {index} CPU-layout shape [{batch}, {layer.outputs}, {layer.inputs ** 2}] @ "
+                     f"[{batch}, {layer.inputs ** 2}, {cfg.batch}]: {1e3 * layer.bmm_s:.3f} ms, "
                      f"{layer.bmm_gflops:.3g} GFLOP/s ({_pct(layer.bmm_gflops, gemm)} of gemm)  (= 'bmm')")
-        bmm_t = layer.matmul_flops / layer.bmm_t_s / 1e9
-        lines.append(f"  layer {index} no-grad shape [{batch}, {layer.outputs}, {layer.inputs ** 2}] @ "
-                     f"[{batch}, {layer.inputs ** 2}, {cfg.batch}]: {1e3 * layer.bmm_t_s:.3f} ms, "
-                     f"{bmm_t:.3g} GFLOP/s ({_pct(bmm_t, gemm)} of gemm)")
+        gpu_layout = layer.matmul_flops / layer.bmm_gpu_layout_s / 1e9
+        lines.append(f"  layer {index} GPU-layout shape [{batch}, {cfg.batch}, {layer.inputs ** 2}] @ "
+                     f"[{batch}, {layer.inputs ** 2}, {layer.outputs}]: {1e3 * layer.bmm_gpu_layout_s:.3f} ms, "
+                     f"{gpu_layout:.3g} GFLOP/s ({_pct(gpu_layout, gemm)} of gemm)")
 
     header = (f"{'layer':>5} {'L':>3} {'K_in>K_out':>10} {'matmul MF':>9} {'all MF':>8} | {'fwd ms':>8} "
               f"{'GF/s mm':>8} {'GF/s all':>8} {'%gemm':>6} {'%bmm':>6} | {'f+b ms':>8} {'GF/s 3x':>8} "
@@ -203,7 +228,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, help="batch size N (default 128, or 16 with --quick)")
     parser.add_argument("--matmul-size", type=int, help="n of the square matmul (default 2048, or 256 with --quick)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--min-block", type=float, help="seconds per timed block (default 0.05, or 0.005 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny circuit (bench_circuit.py's --quick) and sizes, to smoke-test the script")
@@ -219,21 +244,25 @@ def main() -> None:
     min_block = args.min_block or (0.005 if args.quick else 0.05)
     torch.manual_seed(cfg.seed)
 
-    print("square matmul ...", file=sys.stderr, flush=True)
-    square_s = matmul_time((size, size), (size, size), args.repeats, min_block)
+    print("calibrating ...", file=sys.stderr, flush=True)
+    square = matmul_timer((size, size), (size, size), min_block)
     spn = RatSPN(cfg.image_shape, depth=cfg.depth, num_repetitions=cfg.num_repetitions, num_sums=cfg.num_sums,
                  num_leaves=cfg.num_leaves, leaf=Binomial(total_count=cfg.total_count), seed=cfg.seed)
     x = random_data(cfg)
     with torch.no_grad():
         inputs = spn.upward(x).layer_inputs
-    layers = []
-    for index, (layer, layer_input) in enumerate(zip(spn.inner_layers, inputs, strict=True), 1):
-        print(f"einsum layer {index}/{len(inputs)} ...", file=sys.stderr, flush=True)
-        layers.append(measure_layer(layer, layer_input, args.repeats, min_block))
-    print("whole model ...", file=sys.stderr, flush=True)
+    layer_timers = [LayerTimers(layer, layer_input, min_block)
+                    for layer, layer_input in zip(spn.inner_layers, inputs, strict=True)]
     built = build(cfg)
-    model = {"log_prob_s": median_time(built.ops[LOG_PROB], args.repeats, min_block),
-             "leaf_flops": leaf_flops(spn, x)}
+    log_prob = Timer(built.ops[LOG_PROB], min_block)
+    timers = [square, *(timer for layer in layer_timers for timer in layer.timers()), log_prob]
+    for round_index in range(args.repeats):
+        for timer in timers:
+            timer.block()
+        print(f"  round {round_index + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    square_s = square.median
+    layers = [timer.result() for timer in layer_timers]
+    model = {"log_prob_s": log_prob.median, "leaf_flops": leaf_flops(spn, x)}
 
     machine = describe_machine(args.threads, built.versions)
     print(format_report(cfg, (size, square_s), layers, model, machine, args.repeats))

@@ -86,6 +86,10 @@ class EinsumLayer(nn.Module):
         if x.device.type == "cpu":
             xt = x.permute(1, 2, 3, 0).contiguous()  # [R, 2L, K_in, N]; a no-op for this layer's own output
             return log_einsum(xt, self.logits.flatten(-2).softmax(-1)).permute(3, 0, 1, 2)
+        return self._forward_broadcast(x)
+
+    def _forward_broadcast(self, x: Tensor) -> Tensor:
+        """:meth:`forward` on GPUs: ``[N, R, 2L, K_in]`` → ``[N, R, L, K_out]`` with autograd's backward."""
         left, right = split_children(x)
         left_max, right_max = stable_max(left), stable_max(right)
         floor = exp_floor(x.dtype)

@@ -51,3 +51,19 @@ def test_all_children_impossible_gives_minus_infinity_free_output():
     x = torch.full((2, 1, 2, 3), -float("inf"))
     out = layer(x)
     assert not torch.isnan(out).any()
+
+
+def test_cpu_and_gpu_formulas_agree():
+    """The GPU path (broadcast outer product, autograd) run on the CPU gives the CPU path's values and gradients."""
+    torch.manual_seed(0)
+    layer = EinsumLayer(4, 5, 3, 2, torch.Generator().manual_seed(3))
+    x = (100.0 * torch.randn(16, 2, 8, 5)).requires_grad_()
+    weights = torch.randn(16, 2, 4, 3)
+    outputs, grads = [], []
+    for forward in (layer.forward, layer._forward_broadcast):
+        out = forward(x)
+        outputs.append(out)
+        grads.append(torch.autograd.grad((out * weights).sum(), [x, layer.logits]))
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-4)
+    for cpu, gpu in zip(grads[0], grads[1], strict=True):
+        assert torch.allclose(cpu, gpu, rtol=1e-4, atol=1e-5)
