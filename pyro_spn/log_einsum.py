@@ -135,6 +135,7 @@ class ChunkedLogEinsum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+        """``x`` ``[R, 2L, K, N]``, ``weights`` ``[R, L, K_out, K * K]`` → ``[R, L, K_out, N]``."""
         repetitions, regions, num_outputs, num_pairs = weights.shape
         num_samples = x.shape[-1]
         shift = stable_max(x, dim=-2)  # [R, 2L, 1, N]
@@ -156,6 +157,7 @@ class ChunkedLogEinsum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        """``grad`` ``[R, L, K_out, N]`` → gradients of ``x`` and ``weights`` (None where not needed)."""
         x, weights, children, kept, inverse = ctx.saved_tensors
         need_x, need_weights = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph
