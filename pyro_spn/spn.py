@@ -66,6 +66,39 @@ def _positive_int(name: str, value: int) -> int:
     return value
 
 
+def _draw_unit_pairs(log_w: Tensor, num_samples: int) -> Tensor:
+    """Every sum unit's child pair for each of ``num_samples`` samples, drawn from its weights by inverse CDF.
+
+    Args:
+        log_w: ``[R, L, K, Q]`` normalized log-weights.
+
+    Returns:
+        ``[N, R, L, K]`` pair indices in ``0..Q-1`` (no gradient).
+    """
+    num_repetitions, num_regions, num_units, num_pairs = log_w.shape
+    with torch.no_grad():
+        cdf = log_w.exp().cumsum(-1)  # [R, L, K, Q]
+        u = torch.rand((num_repetitions, num_regions, num_units, num_samples), dtype=log_w.dtype, device=log_w.device)
+        index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_max(num_pairs - 1)
+    return index.permute(3, 0, 1, 2)
+
+
+def _scatter_pairs(s: Tensor, index: Tensor, num_inputs: int) -> tuple[Tensor, Tensor]:
+    """The child selections of units' drawn pairs, weighted by the units' selections ``s``.
+
+    Args:
+        s: ``[N, R, L, K]`` unit selections.
+        index: ``[N, R, L, K]`` each unit's pair ``i * num_inputs + j``.
+
+    Returns:
+        ``(left, right)``, each ``[N, R, L, num_inputs]``: ``Σ_k s_k`` over the units whose pair has left ``i``
+        (right ``j``).
+    """
+    left = s.new_zeros(s.shape[:3] + (num_inputs,)).scatter_add(-1, index // num_inputs, s)
+    right = s.new_zeros(s.shape[:3] + (num_inputs,)).scatter_add(-1, index % num_inputs, s)
+    return left, right
+
+
 class _ContractedSelectionGradient(torch.autograd.Function):
     """The straight-through gradient of ``Σ_{r,i} a[n, r, l(v), i] · x̃[n, c, v, i, r]`` w.r.t. the leaf
     selections ``a``, for leaves whose relaxed draws are ``x̃ = μ + σ ε``, without drawing them.
@@ -252,8 +285,11 @@ class RatSPN(nn.Module):
             layer = self.inner_layers[index]
             log_w = layer.log_weights()  # [R, L, K_out, Q]
             pair_ll = None if upward is None else pair_log_likelihood(upward.layer_inputs[index])  # [N, R, L, Q]
-            if rule == "straight_through" and interpolation == "unit" and pair_ll is None:
-                left, right = self._straight_through_unit_children(s, log_w, temperature, layer.num_inputs)
+            if pair_ll is None and (rule == "hard" or (rule == "straight_through" and interpolation == "unit")):
+                if rule == "hard":  # exact: every unit draws its pair, the one-hot selection picks the draws
+                    left, right = _scatter_pairs(s, _draw_unit_pairs(log_w, num_samples), layer.num_inputs)
+                else:
+                    left, right = self._straight_through_unit_children(s, log_w, temperature, layer.num_inputs)
             else:
                 if interpolation == "unit" or rule == "expected":
                     logits = log_w.expand((num_samples,) + log_w.shape)
@@ -295,19 +331,14 @@ class RatSPN(nn.Module):
         Returns:
             ``(left, right)``, each ``[N, R, L, num_inputs]``.
         """
-        num_samples = s.shape[0]
-        num_repetitions, num_regions, num_units, num_pairs = log_w.shape
+        num_samples, num_regions = s.shape[0], log_w.shape[1]
         samples = torch.arange(num_samples, device=s.device)
         with torch.no_grad():
-            cdf = log_w.exp().cumsum(-1)  # [R, L, K, Q]
-            u = torch.rand((num_repetitions, num_regions, num_units, num_samples), dtype=s.dtype, device=s.device)
-            index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_max(num_pairs - 1)
-            index = index.permute(3, 0, 1, 2)  # [N, R, L, K]
+            index = _draw_unit_pairs(log_w, num_samples)  # [N, R, L, K]
             repetition = s.detach().sum((2, 3)).argmax(1)  # [N], the selected repetition
             unit = s.detach()[samples, repetition].argmax(-1)  # [N, L], its selected units
             chosen = index[samples, repetition].gather(-1, unit[..., None])[..., 0]  # [N, L]
-        left = s.new_zeros(s.shape[:3] + (num_inputs,)).scatter_add(-1, index // num_inputs, s)
-        right = s.new_zeros(s.shape[:3] + (num_inputs,)).scatter_add(-1, index % num_inputs, s)
+        left, right = _scatter_pairs(s, index, num_inputs)
         region = torch.arange(num_regions, device=s.device)[None, :]
         logits = log_w[repetition[:, None], region, unit]  # [N, L, Q]
         perturbed = conditional_gumbel(logits, chosen)

@@ -90,10 +90,11 @@ def mean(values: list[float]) -> float:
 
 
 def yardstick(spn: RatSPN, x: torch.Tensor) -> float:
-    """The fixed-kernel MMD² between ``x`` and exact samples of the circuit (common random numbers)."""
+    """The fixed-kernel MMD² between ``x`` and 4096 exact samples of the circuit (common random numbers; many
+    samples, so that the sampler's noise does not decide whether training helped)."""
     torch.manual_seed(123)
     with torch.no_grad():
-        return float(mmd2(x, SPNDistribution(spn).sample((x.shape[0],))))
+        return float(mmd2(x, SPNDistribution(spn).sample((4096,))))
 
 
 # -- mmd2 -------------------------------------------------------------------------------------------------
