@@ -5,8 +5,8 @@ environment, so it depends on the standard library and ``torch`` only.
 
 A worker builds one library's model, then answers JSON-line commands on its protocol stream:
 
-* ``{"cmd": "time", "op": NAME}``: run the operation once and answer ``{"seconds": ...}`` (its
-  wall-clock time) or ``{"error": ...}``;
+* ``{"cmd": "time", "op": NAME, "rewarm": BOOL}``: run the operation once (after one untimed call of it if
+  ``rewarm``) and answer ``{"seconds": ...}`` (the timed call's wall-clock time) or ``{"error": ...}``;
 * ``{"cmd": "quit"}``: exit.
 
 In memory mode (``--memory OP``) a worker instead measures one call of ``OP`` right after construction
@@ -193,6 +193,8 @@ def serve(build: Callable[[Config], Built], cfg: Config, memory_op: str | None) 
             return
         op = built.ops[command["op"]]
         try:
+            if command.get("rewarm", False):
+                op()
             start = time.perf_counter()
             op()
             send({"seconds": time.perf_counter() - start})

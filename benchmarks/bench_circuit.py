@@ -3,15 +3,18 @@
 Usage::
 
     python benchmarks/bench_circuit.py [--peer-python PYTHON] [--repeats 7]
-        [--batch 128] [--threads 2] [--quick] [--json results.json]
+        [--batch 128] [--threads 2] [--cold] [--quick] [--json results.json]
 
 Every library runs in its own worker process (``_worker.py``), ours with this interpreter and the peers
 with ``--peer-python``, all pinned to ``--threads`` threads (``torch.set_num_threads`` and
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``). After one warm-up call per operation, the driver times the
 operations in interleaved rounds (every round runs every operation of every library once, in a rotating
 library order), so that load on the machine affects all libraries alike, and reports the median of
-``--repeats`` rounds. Peak memory is measured separately, one fresh process per (library, operation):
-the growth of the resident set size above the post-construction baseline during one call.
+``--repeats`` rounds. Every timed call directly follows an untimed call of the same operation in the same
+process, the state of a loop that repeats it (a training loop), not that of a first call after the other
+operations (the soft samplers touch gigabytes; ``--cold`` times that state instead). Peak memory is measured
+separately, one fresh process per (library, operation): the growth of the resident set size above the
+post-construction baseline during one call.
 """
 
 from __future__ import annotations
@@ -140,24 +143,25 @@ def start_workers(results: dict[str, LibResult], cfg: Config, env: dict[str, str
     return workers
 
 
-def time_once(worker: Worker, op_result: OpResult, op: str) -> float | None:
-    """One timed call (after ``SETTLE_S`` of quiet); records a failure in ``op_result`` and returns None if it
-    raised."""
+def time_once(worker: Worker, op_result: OpResult, op: str, rewarm: bool) -> float | None:
+    """One timed call (after ``SETTLE_S`` of quiet, and an untimed call if ``rewarm``); records a failure in
+    ``op_result`` and returns None if it raised."""
     time.sleep(SETTLE_S)
-    answer = worker.request({"cmd": "time", "op": op})
+    answer = worker.request({"cmd": "time", "op": op, "rewarm": rewarm})
     if "error" in answer:
         op_result.error = answer["error"]
         return None
     return float(answer["seconds"])
 
 
-def run_timings(results: dict[str, LibResult], workers: dict[str, Worker], repeats: int) -> None:
-    """One warm-up call per operation, then ``repeats`` interleaved rounds; fills the medians."""
+def run_timings(results: dict[str, LibResult], workers: dict[str, Worker], repeats: int, cold: bool) -> None:
+    """One warm-up call per operation, then ``repeats`` interleaved rounds (each timed call after an untimed
+    one of the same operation unless ``cold``); fills the medians."""
     libraries = list(workers)
     for library in libraries:
         for op in OPERATIONS:
             if results[library].ops[op].runnable:
-                time_once(workers[library], results[library].ops[op], op)
+                time_once(workers[library], results[library].ops[op], op, rewarm=False)
     for round_index in range(repeats):
         shift = round_index % len(libraries)
         order = libraries[shift:] + libraries[:shift]
@@ -165,7 +169,7 @@ def run_timings(results: dict[str, LibResult], workers: dict[str, Worker], repea
             for library in order:
                 op_result = results[library].ops[op]
                 if op_result.runnable:
-                    seconds = time_once(workers[library], op_result, op)
+                    seconds = time_once(workers[library], op_result, op, rewarm=not cold)
                     if seconds is not None:
                         op_result.times_s.append(seconds)
         print(f"  round {round_index + 1}/{repeats} done", file=sys.stderr, flush=True)
@@ -208,24 +212,25 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else 1000.0 * seconds
 
 
-def describe_config(cfg: Config, repeats: int) -> str:
+def describe_config(cfg: Config, repeats: int, cold: bool) -> str:
     """The heading lines: workload and measurement protocol."""
     channels, height, width = cfg.image_shape
     return (f"Workload: {cfg.num_features} variables ({channels}x{height}x{width}), Binomial(total_count="
             f"{cfg.total_count}) leaves, RAT-SPN random binary trees of depth {cfg.depth}, "
             f"{cfg.num_repetitions} repetitions, {cfg.num_sums} sum units and {cfg.num_leaves} leaf components "
             f"per region, batch {cfg.batch}, float32, CPU, {cfg.threads} threads.\n"
-            f"Time: median of {repeats} interleaved rounds after 1 warm-up call, in ms; ratio = peer / "
-            f"{OURS} (> 1: {OURS} is faster).\n"
+            f"Time: median of {repeats} interleaved rounds after 1 warm-up call, each timed call "
+            f"{'right after the other operations' if cold else 'right after an untimed call of the same operation'}"
+            f", in ms; ratio = peer / {OURS} (> 1: {OURS} is faster).\n"
             "Memory: peak RSS growth (MiB) during one call right after construction, fresh process per "
             "cell (includes first-call allocations such as Adam's state).")
 
 
-def format_report(results: dict[str, LibResult], cfg: Config, repeats: int) -> str:
+def format_report(results: dict[str, LibResult], cfg: Config, repeats: int, cold: bool) -> str:
     """The human-readable report: configuration, models, one table, and the n/a reasons."""
     libraries = [lib for lib, result in results.items() if result.info is not None]
     peers = [lib for lib in libraries if lib != OURS]
-    lines = [describe_config(cfg, repeats), "", "Models:"]
+    lines = [describe_config(cfg, repeats, cold), "", "Models:"]
     for library, result in results.items():
         if result.info is None:
             lines.append(f"  {library}: not run ({result.error})")
@@ -290,6 +295,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="batch size (default 128, or 16 with --quick)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny configuration, to smoke-test the script")
+    parser.add_argument("--cold", action="store_true",
+                        help="time each call right after the other operations, not after a call of the same one")
     parser.add_argument("--json", type=Path, help="also write all results to this file")
     args = parser.parse_args()
 
@@ -310,20 +317,21 @@ def main() -> None:
     try:
         if OURS not in workers:
             sys.exit(f"cannot run {OURS}: {results[OURS].error}")
-        run_timings(results, workers, args.repeats)
+        run_timings(results, workers, args.repeats, args.cold)
     finally:
         for worker in workers.values():
             worker.close()
     print("measuring memory (one fresh process per cell) ...", file=sys.stderr, flush=True)
     run_memory(results, cfg, env)
 
-    print(format_report(results, cfg, args.repeats))
+    print(format_report(results, cfg, args.repeats, args.cold))
     print()
     print(match_note(results, cfg))
     if args.json is not None:
         payload = {
             "config": asdict(cfg),
             "repeats": args.repeats,
+            "cold": args.cold,
             "libraries": {lib: asdict(result) for lib, result in results.items()},
             "ratios": {peer: {op: ratio(results, peer, op) for op in OPERATIONS}
                        for peer in peers if results[peer].info is not None},
