@@ -120,11 +120,11 @@ class _ContractedSelectionGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         hard, mean_slots, variance_slots, coupled = ctx.saved_tensors
-        g = ctx.spn._slots(grad_output[..., None])[..., 0]  # [N, C, R, L, M]
-        mean = torch.einsum("ncrlm,rlmci->nrli", g, mean_slots)
-        std = torch.einsum("ncrlm,rlmci->nrli", g * g, variance_slots).clamp_min(0).sqrt()
+        g = ctx.spn._data_slots(grad_output)  # [R, L, M, C, N]
+        mean = ctx.spn._contract_slots(g, mean_slots).permute(3, 0, 1, 2)  # [N, R, L, I]
+        std = ctx.spn._contract_slots(g * g, variance_slots).clamp_min(0).sqrt().permute(3, 0, 1, 2)
         grad = mean + std * torch.randn_like(std)
-        chosen = ctx.spn._slots((grad_output * coupled)[..., None])[..., 0].sum((1, 4))  # [N, R, L]
+        chosen = ctx.spn._data_slots(grad_output * coupled).sum((2, 3)).permute(2, 0, 1)  # [N, R, L]
         grad = torch.where(hard > 0.5, chosen[..., None], grad)
         return grad, None, None, None, None
 
@@ -186,17 +186,39 @@ class RatSPN(nn.Module):
         return x.reshape((x.shape[0],) + self.event_shape)
 
     # -- upward pass ----------------------------------------------------------------------------------
-    def _slots(self, t: Tensor) -> Tensor:
-        """Gathers per-variable values ``[N, C, F, *E]`` into leaf-region slots ``[N, C, R, L, M, *E]``
-        (padding slots read a zero)."""
-        padded = torch.cat([t, t.new_zeros(t.shape[:2] + (1,) + t.shape[3:])], dim=2)
-        return padded[:, :, self.leaf_slots]
+    def _data_slots(self, t: Tensor) -> Tensor:
+        """Gathers per-variable values ``[N, C, F, *E]`` into leaf-region slots ``[R, L, M, C, *E, N]``, batch
+        last (padding slots read a zero), as one row-wise ``index_select``."""
+        moved = t.movedim(2, 0).movedim(1, -1)  # [F, C, *E, N]
+        padded = torch.cat([moved, moved.new_zeros((1,) + moved.shape[1:])])
+        slots = padded.index_select(0, self.leaf_slots.flatten())
+        return slots.view(self.leaf_slots.shape + slots.shape[1:])
 
     def _component_slots(self, t: Tensor) -> Tensor:
-        """Gathers per-component values ``[C, F, K, R, *E]`` into slots ``[R, L, M, C, K, *E]``."""
-        padded = torch.cat([t, t.new_zeros((t.shape[0], 1) + t.shape[2:])], dim=1)
-        repetition = torch.arange(self.num_repetitions, device=t.device)[:, None, None]
-        return padded[:, self.leaf_slots, :, repetition]
+        """Gathers per-component values ``[C, F, K, R, *E]`` into slots ``[R, L, M, C, K, *E]``, as one row-wise
+        ``index_select`` (whose backward is a row-wise ``index_add``)."""
+        moved = t.movedim(3, 0).movedim(2, 1)  # [R, F, C, K, *E]
+        padded = torch.cat([moved, moved.new_zeros(moved.shape[:1] + (1,) + moved.shape[2:])], dim=1)
+        offsets = torch.arange(self.num_repetitions, device=t.device)[:, None, None] * padded.shape[1]
+        slots = padded.flatten(0, 1).index_select(0, (offsets + self.leaf_slots).flatten())
+        return slots.view(self.leaf_slots.shape + slots.shape[1:])
+
+    @staticmethod
+    def _contract_slots(data: Tensor, component: Tensor) -> Tensor:
+        """``Σ_{m, c, e} data[r, l, m, c, e, n] · component[r, l, m, c, i, e]`` as one batched matmul.
+
+        Args:
+            data: ``[R, L, M, C, *E, N]`` (:meth:`_data_slots`).
+            component: ``[R, L, M, C, I, *E]`` (:meth:`_component_slots`).
+
+        Returns:
+            ``[R, L, I, N]``.
+        """
+        repetitions, regions, num_samples = data.shape[0], data.shape[1], data.shape[-1]
+        num_components = component.shape[4]
+        lhs = component.movedim(4, 2).reshape(repetitions * regions, num_components, -1)  # [R*L, I, M*C*E]
+        rhs = data.reshape(repetitions * regions, -1, num_samples)  # [R*L, M*C*E, N]
+        return torch.matmul(lhs, rhs).view(repetitions, regions, num_components, num_samples)
 
     def leaf_log_likelihood(self, x: Tensor, max_product: bool = False) -> tuple[Tensor, Tensor]:
         """Log-likelihoods of all leaf regions, as one batched matmul of sufficient statistics with natural
@@ -208,9 +230,9 @@ class RatSPN(nn.Module):
                 instead of 0 (marginalization).
 
         Returns:
-            ``([N, R, L, I], [N])``: the leaf regions' log-likelihoods without the base measure, and the
-            base measure ``Σ h(x)`` over the observed entries (the same for every component, so it is
-            added once, at the root).
+            ``([N, R, L, I], [N])``: the leaf regions' log-likelihoods without the base measure (a view of a
+            contiguous ``[R, L, I, N]`` tensor, the einsum layers' CPU layout), and the base measure ``Σ h(x)``
+            over the observed entries (the same for every component, so it is added once, at the root).
         """
         missing = torch.isnan(x)
         observed = (~missing).to(x.dtype)
@@ -218,19 +240,19 @@ class RatSPN(nn.Module):
         stats = self.leaf.sufficient_statistics(x) * observed[..., None]  # [N, C, F, S]
         eta = self._component_slots(self.leaf.natural_parameters())  # [R, L, M, C, I, S]
         log_normalizer = self._component_slots(self.leaf.log_normalizer())  # [R, L, M, C, I]
-        ll = torch.einsum("ncrlms,rlmcis->nrli", self._slots(stats), eta)
+        ll = self._contract_slots(self._data_slots(stats), eta)  # [R, L, I, N]
         if bool(missing.any()):
-            ll = ll - torch.einsum("ncrlm,rlmci->nrli", self._slots(observed), log_normalizer)
+            ll = ll - self._contract_slots(self._data_slots(observed), log_normalizer)
         else:
-            ll = ll - log_normalizer.sum((2, 3))[None]
+            ll = ll - log_normalizer.sum((2, 3))[..., None]
         if max_product and bool(missing.any()):
             params = self.leaf.params()
             mode_log_prob = self._component_slots(
                 self.leaf.log_prob_params(self.leaf.mode_params(params), params)
             )
-            ll = ll + torch.einsum("ncrlm,rlmci->nrli", self._slots(missing.to(x.dtype)), mode_log_prob)
+            ll = ll + self._contract_slots(self._data_slots(missing.to(x.dtype)), mode_log_prob)
         base = (self.leaf.log_base_measure(x) * observed).sum((1, 2))
-        return ll, base
+        return ll.permute(3, 0, 1, 2), base
 
     def upward(self, x: Tensor, max_product: bool = False) -> UpwardPass:
         """The upward pass, keeping every layer's input for a top-down pass.

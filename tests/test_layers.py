@@ -67,3 +67,17 @@ def test_cpu_and_gpu_formulas_agree():
     assert torch.allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-4)
     for cpu, gpu in zip(grads[0], grads[1], strict=True):
         assert torch.allclose(cpu, gpu, rtol=1e-4, atol=1e-5)
+
+
+def test_leaf_layer_output_is_already_in_the_cpu_layout():
+    """The leaf log-likelihoods ``[N, R, L, I]`` are a view of a contiguous ``[R, L, I, N]`` tensor, and every
+    einsum layer's output likewise, so that the layers' ``[R, L, K, N]`` transposition copies nothing."""
+    from pyro_spn import RatSPN
+    from pyro_spn.leaves import Binomial
+
+    spn = RatSPN((1, 4, 4), depth=2, num_repetitions=3, num_sums=4, num_leaves=5, leaf=Binomial(total_count=8))
+    x = torch.randint(0, 9, (7, 1, 4, 4)).float()
+    with torch.no_grad():
+        inputs = spn.upward(x).layer_inputs
+    for layer_input in inputs:
+        assert layer_input.permute(1, 2, 3, 0).is_contiguous()
