@@ -85,7 +85,7 @@ class EinsumLayer(nn.Module):
         """
         if x.device.type == "cpu":
             xt = x.permute(1, 2, 3, 0).contiguous()  # [R, 2L, K_in, N]; a no-op for this layer's own output
-            return log_einsum(xt, self.logits.flatten(-2).softmax(-1)).permute(3, 0, 1, 2)
+            return log_einsum(xt, self.logits.flatten(-2)).permute(3, 0, 1, 2)
         return self._forward_broadcast(x)
 
     def _forward_broadcast(self, x: Tensor) -> Tensor:

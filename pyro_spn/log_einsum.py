@@ -4,7 +4,8 @@ and backward work through the layer in cache-sized chunks.
 Shapes: ``R`` repetitions, ``L`` output regions (the input has ``2L``: siblings ``2l`` and ``2l + 1``),
 ``K`` units per child region, ``K_out`` per output region, ``N`` batch, ``G = R * L`` groups.
 
-``out[r, l, k, n] = log Σ_ij w[r, l, k, i * K + j] · exp(x[r, 2l, i, n] + x[r, 2l + 1, j, n])``
+``out[r, l, k, n] = log Σ_ij w[r, l, k, i * K + j] · exp(x[r, 2l, i, n] + x[r, 2l + 1, j, n])``,
+``w = softmax(logits)`` over the ``K * K`` pairs,
 
 is computed with each child region shifted by its maximum, as a batched matmul of the weights with the
 products of all pairs of shifted, exponentiated children. The ``[G, K * K, N]`` products of pairs are the
@@ -45,26 +46,27 @@ def exp_floor(dtype: torch.dtype) -> float:
     return EXP_FLOOR_FRACTION * math.log(torch.finfo(dtype).tiny)
 
 
-def log_einsum(x: Tensor, weights: Tensor) -> Tensor:
+def log_einsum(x: Tensor, logits: Tensor) -> Tensor:
     """The layer's log-einsum-exp with :class:`ChunkedLogEinsum`.
 
     Args:
         x: child log-likelihoods ``[R, 2L, K, N]``.
-        weights: normalized weights ``[R, L, K_out, K * K]``, pair ``(i, j)`` at ``i * K + j``.
+        logits: unnormalized log-weights ``[R, L, K_out, K * K]`` (normalized by softmax over the last dim),
+            pair ``(i, j)`` at ``i * K + j``.
 
     Returns:
         ``[R, L, K_out, N]``.
     """
-    return ChunkedLogEinsum.apply(x, weights)
+    return ChunkedLogEinsum.apply(x, logits)
 
 
-def log_einsum_reference(x: Tensor, weights: Tensor) -> Tensor:
+def log_einsum_reference(x: Tensor, logits: Tensor) -> Tensor:
     """:func:`log_einsum` in plain differentiable operations on whole tensors (no floor, no chunks): the
     reference the chunked function is tested against, and its backward under ``create_graph``."""
     shift = stable_max(x, dim=-2)  # [R, 2L, 1, N]
     children = _as_children(torch.exp(x - shift))
-    mixed = weights.flatten(0, 1) @ _pairs(children)  # [G, K_out, N]
-    repetitions, regions = weights.shape[:2]
+    mixed = logits.softmax(-1).flatten(0, 1) @ _pairs(children)  # [G, K_out, N]
+    repetitions, regions = logits.shape[:2]
     return mixed.view(repetitions, regions, *mixed.shape[1:]).log() + _pair_shift(shift)
 
 
@@ -123,20 +125,22 @@ def _chunk_buffer(children: Tensor, chunks: list[slice], role: int) -> Tensor:
 class ChunkedLogEinsum(torch.autograd.Function):
     """:func:`log_einsum` with a manual backward; see the module docstring.
 
-    Forward: shift, floor and exponentiate the children in place, then per chunk of groups form the pairs and
-    ``mixed = weights @ pairs``; the output is ``log mixed`` plus the shifts.
+    Forward: ``weights = softmax(logits)``; shift, floor and exponentiate the children in place, then per chunk
+    of groups form the pairs and ``mixed = weights @ pairs``; the output is ``log mixed`` plus the shifts.
 
     Backward, with ``g = grad / mixed`` (zero where ``mixed`` was clamped at the smallest normal float), per chunk:
-    ``grad_weights = g @ pairsᵀ``, ``grad_pairs = weightsᵀ @ g``, and each child's gradient as a reduction of
-    ``grad_pairs`` times the other child; then through exp (times the scaled children) and the floor (zero
-    where a child was floored). The shifts cancel and carry no gradient. Under ``create_graph`` the gradients
-    are those of :func:`log_einsum_reference`, so higher derivatives work.
+    ``grad_weights = g @ pairsᵀ`` and at once, while it is in cache, through the softmax (``w ⊙ (g_w - Σ w ⊙ g_w)``,
+    in place); ``grad_pairs = weightsᵀ @ g``, and each child's gradient as a reduction of ``grad_pairs`` times the
+    other child; then through exp (times the scaled children) and the floor (zero where a child was floored).
+    The shifts cancel and carry no gradient. Under ``create_graph`` the gradients are those of
+    :func:`log_einsum_reference`, so higher derivatives work.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
-        """``x`` ``[R, 2L, K, N]``, ``weights`` ``[R, L, K_out, K * K]`` → ``[R, L, K_out, N]``."""
-        repetitions, regions, num_outputs, num_pairs = weights.shape
+    def forward(ctx, x: Tensor, logits: Tensor) -> Tensor:  # type: ignore[override]
+        """``x`` ``[R, 2L, K, N]``, ``logits`` ``[R, L, K_out, K * K]`` → ``[R, L, K_out, N]``."""
+        repetitions, regions, num_outputs, num_pairs = logits.shape
+        weights = logits.softmax(-1)
         num_samples = x.shape[-1]
         shift = stable_max(x, dim=-2)  # [R, 2L, 1, N]
         floor = exp_floor(x.dtype)
@@ -151,32 +155,34 @@ class ChunkedLogEinsum(torch.autograd.Function):
             torch.matmul(flat_weights[part], _pairs(children[part], buffer), out=mixed[part])
         tiny = torch.finfo(x.dtype).tiny
         inverse = mixed.reciprocal().masked_fill_(mixed <= tiny, 0.0) if any(ctx.needs_input_grad) else None
-        ctx.save_for_backward(x, weights, children, kept, inverse)
+        ctx.save_for_backward(x, logits, weights, children, kept, inverse)
         out = mixed.clamp_min_(tiny).log_().view(repetitions, regions, num_outputs, num_samples)
         return out.add_(_pair_shift(shift))
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
-        """``grad`` ``[R, L, K_out, N]`` → gradients of ``x`` and ``weights`` (None where not needed)."""
-        x, weights, children, kept, inverse = ctx.saved_tensors
-        need_x, need_weights = ctx.needs_input_grad
+        """``grad`` ``[R, L, K_out, N]`` → gradients of ``x`` and ``logits`` (None where not needed)."""
+        x, logits, weights, children, kept, inverse = ctx.saved_tensors
+        need_x, need_logits = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph
-            inputs = [t for t, needed in zip((x, weights), ctx.needs_input_grad, strict=True) if needed]
-            grads = iter(torch.autograd.grad(log_einsum_reference(x, weights), inputs, grad, create_graph=True))
-            return next(grads) if need_x else None, next(grads) if need_weights else None
+            inputs = [t for t, needed in zip((x, logits), ctx.needs_input_grad, strict=True) if needed]
+            grads = iter(torch.autograd.grad(log_einsum_reference(x, logits), inputs, grad, create_graph=True))
+            return next(grads) if need_x else None, next(grads) if need_logits else None
         groups, _, num_inputs, num_samples = children.shape
         g = grad.reshape(inverse.shape) * inverse  # [G, K_out, N]
         flat_weights = weights.reshape(groups, *weights.shape[2:])
         grad_children = torch.empty_like(children) if need_x else None
-        grad_weights = torch.empty_like(flat_weights) if need_weights else None
+        grad_logits = torch.empty_like(flat_weights) if need_logits else None
         chunks = _chunks(children)
         pairs_buffer = _chunk_buffer(children, chunks, role=0)
         grad_pairs_buffer = _chunk_buffer(children, chunks, role=1) if need_x else None
         for part in chunks:
             size = part.stop - part.start
-            if grad_weights is not None:
+            if grad_logits is not None:
                 pairs = _pairs(children[part], pairs_buffer)
-                torch.matmul(g[part], pairs.transpose(1, 2), out=grad_weights[part])
+                grad_weights = torch.matmul(g[part], pairs.transpose(1, 2), out=grad_logits[part])
+                scaled = grad_weights.mul_(flat_weights[part])  # softmax backward, in place
+                scaled.addcmul_(flat_weights[part], scaled.sum(-1, keepdim=True), value=-1.0)
             if grad_children is not None:
                 grad_pairs = torch.matmul(flat_weights[part].transpose(1, 2), g[part], out=grad_pairs_buffer[:size])
                 grad_pairs = grad_pairs.view(size, num_inputs, num_inputs, num_samples)  # [g, i, j, N]
@@ -187,4 +193,4 @@ class ChunkedLogEinsum(torch.autograd.Function):
         grad_x = None
         if grad_children is not None:
             grad_x = grad_children.mul_(children).view(x.shape).mul_(kept)
-        return grad_x, None if grad_weights is None else grad_weights.view(weights.shape)
+        return grad_x, None if grad_logits is None else grad_logits.view(logits.shape)

@@ -12,18 +12,18 @@ from pyro_spn.log_einsum import exp_floor, log_einsum, log_einsum_reference
 
 def random_inputs(repetitions=2, regions=3, num_inputs=3, num_outputs=2, num_samples=5, spread=3.0, seed=0,
                   dtype=torch.float64):
-    """Children ``[R, 2L, K, N]`` and normalized weights ``[R, L, K_out, K * K]``."""
+    """Children ``[R, 2L, K, N]`` and the weights' logits ``[R, L, K_out, K * K]``."""
     g = torch.Generator().manual_seed(seed)
     x = spread * torch.randn(repetitions, 2 * regions, num_inputs, num_samples, generator=g, dtype=dtype)
     logits = torch.randn(repetitions, regions, num_outputs, num_inputs * num_inputs, generator=g, dtype=dtype)
-    return x, logits.softmax(-1)
+    return x, logits
 
 
-def direct(x, weights):
+def direct(x, logits):
     """``log Σ_ij w[k, i*K+j] exp(left_i + right_j)`` by torch.logsumexp over an explicit pair axis."""
     left, right = x[:, 0::2], x[:, 1::2]  # [R, L, K, N]
     pairs = (left[:, :, :, None, :] + right[:, :, None, :, :]).flatten(2, 3)  # [R, L, K*K, N]
-    return torch.logsumexp(weights.log()[..., None] + pairs[:, :, None], dim=3)  # [R, L, K_out, N]
+    return torch.logsumexp(logits.log_softmax(-1)[..., None] + pairs[:, :, None], dim=3)  # [R, L, K_out, N]
 
 
 @pytest.fixture(params=[1, 2, 100], ids=["one-group-chunks", "two-group-chunks", "one-chunk"])
@@ -35,32 +35,32 @@ def chunk_groups(request, monkeypatch):
 
 
 def test_values_match_reference_and_direct(chunk_groups):
-    x, weights = random_inputs(regions=3)
-    out = log_einsum(x, weights)
+    x, logits = random_inputs(regions=3)
+    out = log_einsum(x, logits)
     assert out.shape == (2, 3, 2, 5)
-    assert torch.allclose(out, log_einsum_reference(x, weights), rtol=1e-12, atol=1e-12)
-    assert torch.allclose(out, direct(x, weights), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(out, log_einsum_reference(x, logits), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(out, direct(x, logits), rtol=1e-12, atol=1e-12)
 
 
 def test_gradcheck(chunk_groups):
-    x, weights = random_inputs(regions=3)
-    assert torch.autograd.gradcheck(log_einsum, (x.requires_grad_(), weights.requires_grad_()))
+    x, logits = random_inputs(regions=3)
+    assert torch.autograd.gradcheck(log_einsum, (x.requires_grad_(), logits.requires_grad_()))
 
 
 def test_gradgradcheck_under_create_graph():
-    x, weights = random_inputs(regions=2, num_samples=3)
-    assert torch.autograd.gradgradcheck(log_einsum, (x.requires_grad_(), weights.requires_grad_()))
+    x, logits = random_inputs(regions=2, num_samples=3)
+    assert torch.autograd.gradgradcheck(log_einsum, (x.requires_grad_(), logits.requires_grad_()))
 
 
-@pytest.mark.parametrize("needs", [(True, False), (False, True)], ids=["children-only", "weights-only"])
+@pytest.mark.parametrize("needs", [(True, False), (False, True)], ids=["children-only", "logits-only"])
 def test_gradient_of_one_input(needs):
-    x, weights = random_inputs()
+    x, logits = random_inputs()
     x.requires_grad_(needs[0])
-    weights.requires_grad_(needs[1])
-    target = x if needs[0] else weights
+    logits.requires_grad_(needs[1])
+    target = x if needs[0] else logits
     upstream = torch.randn(2, 3, 2, 5, dtype=torch.float64)
-    (grad,) = torch.autograd.grad((log_einsum(x, weights) * upstream).sum(), [target])
-    (expected,) = torch.autograd.grad((direct(x, weights) * upstream).sum(), [target])
+    (grad,) = torch.autograd.grad((log_einsum(x, logits) * upstream).sum(), [target])
+    (expected,) = torch.autograd.grad((direct(x, logits) * upstream).sum(), [target])
     assert torch.allclose(grad, expected, atol=1e-12)
 
 
@@ -68,19 +68,19 @@ def test_float32_gradients_with_floored_children(chunk_groups):
     """Children hundreds of nats below their region's best are floored before exp: in float32 the values and
     gradients equal the same formula written with autograd (clamp, exp, matmul, log), and the floored children
     get no gradient."""
-    x, weights = random_inputs(spread=200.0, dtype=torch.float32)
+    x, logits = random_inputs(spread=200.0, dtype=torch.float32)
     x.requires_grad_()
-    weights.requires_grad_()
+    logits.requires_grad_()
     upstream = torch.randn(2, 3, 2, 5)
-    out = log_einsum(x, weights)
-    grads = torch.autograd.grad((out * upstream).sum(), [x, weights])
+    out = log_einsum(x, logits)
+    grads = torch.autograd.grad((out * upstream).sum(), [x, logits])
 
     shift = x.detach().amax(2, keepdim=True)
     scaled = (x - shift).clamp_min(exp_floor(torch.float32)).exp()
     left, right = scaled[:, 0::2], scaled[:, 1::2]
     pairs = (left[:, :, :, None, :] * right[:, :, None, :, :]).flatten(2, 3)
-    expected = (weights @ pairs).log() + shift[:, 0::2] + shift[:, 1::2]
-    expected_grads = torch.autograd.grad((expected * upstream).sum(), [x, weights])
+    expected = (logits.softmax(-1) @ pairs).log() + shift[:, 0::2] + shift[:, 1::2]
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), [x, logits])
     assert torch.allclose(out, expected, rtol=1e-6, atol=1e-4)
     floored = (x - shift) < exp_floor(torch.float32)
     assert floored.any()
@@ -90,19 +90,19 @@ def test_float32_gradients_with_floored_children(chunk_groups):
 
 
 def test_impossible_region_stays_finite_and_nan_free():
-    x, weights = random_inputs()
+    x, logits = random_inputs()
     x[0, 0] = -float("inf")  # every unit of one left child impossible
     x.requires_grad_()
-    out = log_einsum(x, weights)
+    out = log_einsum(x, logits)
     out.sum().backward()
     assert torch.isfinite(out).all()
     assert torch.isfinite(x.grad).all()
 
 
 def test_empty_batch():
-    x, weights = random_inputs(num_samples=0)
+    x, logits = random_inputs(num_samples=0)
     x.requires_grad_()
-    out = log_einsum(x, weights)
+    out = log_einsum(x, logits)
     assert out.shape == (2, 3, 2, 0)
     out.sum().backward()
     assert x.grad.shape == x.shape
