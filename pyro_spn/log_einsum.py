@@ -32,8 +32,7 @@ PAIRS_CHUNK_BYTES = 4 * 2**20
 
 def stable_max(x: Tensor, dim: int = -1) -> Tensor:
     """``max`` over ``dim`` (kept), with non-finite maxima replaced by 0 (no gradient)."""
-    m = x.detach().amax(dim, keepdim=True)
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return x.detach().amax(dim, keepdim=True).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def exp_floor(dtype: torch.dtype) -> float:
@@ -130,8 +129,9 @@ class ChunkedLogEinsum(torch.autograd.Function):
 
     Backward, with ``g = grad / mixed`` (zero where ``mixed`` was clamped at the smallest normal float), per chunk:
     ``grad_weights = g @ pairsᵀ`` and at once, while it is in cache, through the softmax (``w ⊙ (g_w - Σ w ⊙ g_w)``,
-    in place); ``grad_pairs = weightsᵀ @ g``, and each child's gradient as a reduction of ``grad_pairs`` times the
-    other child; then through exp (times the scaled children) and the floor (zero where a child was floored).
+    in place); ``grad_pairs = weightsᵀ @ g``, times the pairs (through exp: ``∂ pair_ij / ∂ x_left_i = pair_ij``),
+    summed over the right child for the left child's gradient and over the left for the right's; then through
+    the floor (zero where a child was floored).
     The shifts cancel and carry no gradient. Under ``create_graph`` the gradients are those of
     :func:`log_einsum_reference`, so higher derivatives work.
     """
@@ -171,26 +171,23 @@ class ChunkedLogEinsum(torch.autograd.Function):
         groups, _, num_inputs, num_samples = children.shape
         g = grad.reshape(inverse.shape) * inverse  # [G, K_out, N]
         flat_weights = weights.reshape(groups, *weights.shape[2:])
-        grad_children = torch.empty_like(children) if need_x else None
+        grad_children = torch.empty_like(children) if need_x else None  # of the log-children x
         grad_logits = torch.empty_like(flat_weights) if need_logits else None
         chunks = _chunks(children)
         pairs_buffer = _chunk_buffer(children, chunks, role=0)
         grad_pairs_buffer = _chunk_buffer(children, chunks, role=1) if need_x else None
         for part in chunks:
             size = part.stop - part.start
+            pairs = _pairs(children[part], pairs_buffer)
             if grad_logits is not None:
-                pairs = _pairs(children[part], pairs_buffer)
                 grad_weights = torch.matmul(g[part], pairs.transpose(1, 2), out=grad_logits[part])
                 scaled = grad_weights.mul_(flat_weights[part])  # softmax backward, in place
                 scaled.addcmul_(flat_weights[part], scaled.sum(-1, keepdim=True), value=-1.0)
             if grad_children is not None:
                 grad_pairs = torch.matmul(flat_weights[part].transpose(1, 2), g[part], out=grad_pairs_buffer[:size])
-                grad_pairs = grad_pairs.view(size, num_inputs, num_inputs, num_samples)  # [g, i, j, N]
-                left, right = children[part, 0], children[part, 1]
-                product = torch.mul(grad_pairs, right[:, None], out=pairs_buffer[:size].view(grad_pairs.shape))
-                torch.sum(product, 2, out=grad_children[part, 0])
-                torch.sum(grad_pairs.mul_(left[:, :, None]), 1, out=grad_children[part, 1])
-        grad_x = None
-        if grad_children is not None:
-            grad_x = grad_children.mul_(children).view(x.shape).mul_(kept)
+                # through exp: d/dx_left_i = Σ_j grad_pairs[i, j] · left_i · right_j, so one product with the pairs
+                through_exp = grad_pairs.mul_(pairs).view(size, num_inputs, num_inputs, num_samples)  # [g, i, j, N]
+                torch.sum(through_exp, 2, out=grad_children[part, 0])
+                torch.sum(through_exp, 1, out=grad_children[part, 1])
+        grad_x = None if grad_children is None else grad_children.view(x.shape).mul_(kept)
         return grad_x, None if grad_logits is None else grad_logits.view(logits.shape)
