@@ -25,8 +25,9 @@ from torch import Tensor
 #: -30.6 nats in float32, -248 in float64.
 EXP_FLOOR_FRACTION = 0.35
 
-#: Products of pairs are formed in chunks of groups of about this many bytes (4 MiB: the two cores' L2 caches of
-#: the benchmark machine; the fastest of 0.25 to 32 MiB on the paper's workload, forward and backward).
+#: Products of pairs are formed in chunks of groups of about this many bytes, so that the matmul reads them from
+#: cache (2 to 4 MiB were the fastest of 0.25 to 32 MiB on the paper's workload, forward and backward, on a
+#: 2-core machine with 1 MiB of L2 per core and 32 MiB of L3: smaller chunks cost more in per-chunk overhead).
 PAIRS_CHUNK_BYTES = 4 * 2**20
 
 
