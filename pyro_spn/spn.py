@@ -307,11 +307,10 @@ class RatSPN(nn.Module):
             layer = self.inner_layers[index]
             log_w = layer.log_weights()  # [R, L, K_out, Q]
             pair_ll = None if upward is None else pair_log_likelihood(upward.layer_inputs[index])  # [N, R, L, Q]
-            if pair_ll is None and (rule == "hard" or (rule == "straight_through" and interpolation == "unit")):
-                if rule == "hard":  # exact: every unit draws its pair, the one-hot selection picks the draws
-                    left, right = _scatter_pairs(s, _draw_unit_pairs(log_w, num_samples), layer.num_inputs)
-                else:
-                    left, right = self._straight_through_unit_children(s, log_w, temperature, layer.num_inputs)
+            if pair_ll is None and rule == "hard":  # exact: every unit draws its pair, the one-hot s picks the draws
+                left, right = _scatter_pairs(s, _draw_unit_pairs(log_w, num_samples), layer.num_inputs)
+            elif pair_ll is None and rule == "straight_through" and interpolation == "unit":
+                left, right = self._straight_through_unit_children(s, log_w, temperature, layer.num_inputs)
             else:
                 if interpolation == "unit" or rule == "expected":
                     logits = log_w.expand((num_samples,) + log_w.shape)
