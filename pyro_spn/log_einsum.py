@@ -7,10 +7,14 @@ Shapes: ``R`` repetitions, ``L`` output regions (the input has ``2L``: siblings 
 ``out[r, l, k, n] = log Σ_ij w[r, l, k, i * K + j] · exp(x[r, 2l, i, n] + x[r, 2l + 1, j, n])``,
 ``w = softmax(logits)`` over the ``K * K`` pairs,
 
-is computed with each child region shifted by its maximum, as a batched matmul of the weights with the
-products of all pairs of shifted, exponentiated children. The ``[G, K * K, N]`` products of pairs are the
-largest tensor; :class:`ChunkedLogEinsum` never holds them all at once (a chunk of groups at a time, so that
-they are still in cache when the matmul reads them) and its backward recomputes them instead of storing them.
+is computed with each child region shifted by its maximum, as a contraction of the weights with the products
+of all pairs of shifted, exponentiated children. On the CPU, in float32 and float64, the native kernel
+(:func:`pyro_spn.native.bilinear`) contracts them in one pass, the products of pairs never leaving registers;
+the children's gradients are the same contraction with the weights permuted. Otherwise (no C compiler, other
+dtypes or devices) the contraction is a batched matmul with the ``[G, K * K, N]`` products of pairs, the largest
+tensor, which :class:`ChunkedLogEinsum` never holds all at once (a chunk of groups at a time, so that they are
+still in cache when the matmul reads them) and whose backward recomputes them instead of storing them. The
+weights' gradient always takes that route (a matmul of the upstream gradient with the pairs, chunk by chunk).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import threading
 
 import torch
 from torch import Tensor
+
+from . import native
 
 #: Shifted child log-likelihoods are floored at this fraction of log(smallest normal float) before exp:
 #: -30.6 nats in float32, -248 in float64.
@@ -92,6 +98,11 @@ def _pairs(children: Tensor, out: Tensor | None = None) -> Tensor:
     return pairs.view(groups, num_inputs * num_inputs, num_samples)
 
 
+def _use_native(children: Tensor) -> bool:
+    """Whether the native kernel takes these children (CPU, float32 or float64, and it was built)."""
+    return children.device.type == "cpu" and children.dtype in (torch.float32, torch.float64) and native.available()
+
+
 def _chunks(children: Tensor) -> list[slice]:
     """Slices of the groups of ``children`` ``[G, 2, K, N]`` whose pairs take about ``PAIRS_CHUNK_BYTES``."""
     groups, _, num_inputs, num_samples = children.shape
@@ -125,14 +136,16 @@ def _chunk_buffer(children: Tensor, chunks: list[slice], role: int) -> Tensor:
 class ChunkedLogEinsum(torch.autograd.Function):
     """:func:`log_einsum` with a manual backward; see the module docstring.
 
-    Forward: ``weights = softmax(logits)``; shift, floor and exponentiate the children in place, then per chunk
-    of groups form the pairs and ``mixed = weights @ pairs``; the output is ``log mixed`` plus the shifts.
+    Forward: ``weights = softmax(logits)``; shift, floor and exponentiate the children in place, then
+    ``mixed = weights @ pairs`` by the native kernel or, per chunk of groups, by forming the pairs and a batched
+    matmul; the output is ``log mixed`` plus the shifts.
 
     Backward, with ``g = grad / mixed`` (zero where ``mixed`` was clamped at the smallest normal float), per chunk:
     ``grad_weights = g @ pairsᵀ`` and at once, while it is in cache, through the softmax (``w ⊙ (g_w - Σ w ⊙ g_w)``,
     in place); ``grad_pairs = weightsᵀ @ g``, times the pairs (through exp: ``∂ pair_ij / ∂ x_left_i = pair_ij``),
-    summed over the right child for the left child's gradient and over the left for the right's; then through
-    the floor (zero where a child was floored).
+    summed over the right child for the left child's gradient and over the left for the right's (the native
+    kernel computes these two sums directly, as ``Σ_j right_j Σ_k w[k, i, j] g_k`` and its mirror, then times
+    the child); then through the floor (zero where a child was floored).
     The shifts cancel and carry no gradient. Under ``create_graph`` the gradients are those of
     :func:`log_einsum_reference`, so higher derivatives work.
     """
@@ -147,13 +160,18 @@ class ChunkedLogEinsum(torch.autograd.Function):
         floor = exp_floor(x.dtype)
         shifted = x - shift
         kept = shifted > floor if ctx.needs_input_grad[0] else None
-        children = _as_children(shifted.clamp_min_(floor).exp_())  # [G, 2, K, N]
+        children = _as_children(shifted.clamp_min_(floor).exp_()).contiguous()  # [G, 2, K, N]
         flat_weights = weights.reshape(repetitions * regions, num_outputs, num_pairs)
         mixed = x.new_empty(repetitions * regions, num_outputs, num_samples)
-        chunks = _chunks(children)
-        buffer = _chunk_buffer(children, chunks, role=0)
-        for part in chunks:
-            torch.matmul(flat_weights[part], _pairs(children[part], buffer), out=mixed[part])
+        if _use_native(children):
+            num_inputs = children.shape[2]
+            native.bilinear(children[:, 0], children[:, 1],
+                            flat_weights.view(-1, num_outputs, num_inputs, num_inputs), out=mixed)
+        else:
+            chunks = _chunks(children)
+            buffer = _chunk_buffer(children, chunks, role=0)
+            for part in chunks:
+                torch.matmul(flat_weights[part], _pairs(children[part], buffer), out=mixed[part])
         tiny = torch.finfo(x.dtype).tiny
         inverse = mixed.reciprocal().masked_fill_(mixed <= tiny, 0.0) if any(ctx.needs_input_grad) else None
         ctx.save_for_backward(x, logits, weights, children, kept, inverse)
@@ -170,25 +188,33 @@ class ChunkedLogEinsum(torch.autograd.Function):
             grads = iter(torch.autograd.grad(log_einsum_reference(x, logits), inputs, grad, create_graph=True))
             return next(grads) if need_x else None, next(grads) if need_logits else None
         groups, _, num_inputs, num_samples = children.shape
-        g = grad.reshape(inverse.shape) * inverse  # [G, K_out, N]
+        g = (grad.reshape(inverse.shape) * inverse).contiguous()  # [G, K_out, N]
         flat_weights = weights.reshape(groups, *weights.shape[2:])
         grad_children = torch.empty_like(children) if need_x else None  # of the log-children x
         grad_logits = torch.empty_like(flat_weights) if need_logits else None
-        chunks = _chunks(children)
-        pairs_buffer = _chunk_buffer(children, chunks, role=0)
-        grad_pairs_buffer = _chunk_buffer(children, chunks, role=1) if need_x else None
-        for part in chunks:
-            size = part.stop - part.start
-            pairs = _pairs(children[part], pairs_buffer)
-            if grad_logits is not None:
-                grad_weights = torch.matmul(g[part], pairs.transpose(1, 2), out=grad_logits[part])
-                scaled = grad_weights.mul_(flat_weights[part])  # softmax backward, in place
-                scaled.addcmul_(flat_weights[part], scaled.sum(-1, keepdim=True), value=-1.0)
-            if grad_children is not None:
-                grad_pairs = torch.matmul(flat_weights[part].transpose(1, 2), g[part], out=grad_pairs_buffer[:size])
-                # through exp: d/dx_left_i = Σ_j grad_pairs[i, j] · left_i · right_j, so one product with the pairs
-                through_exp = grad_pairs.mul_(pairs).view(size, num_inputs, num_inputs, num_samples)  # [g, i, j, N]
-                torch.sum(through_exp, 2, out=grad_children[part, 0])
-                torch.sum(through_exp, 1, out=grad_children[part, 1])
+        torch_children = grad_children is not None and not _use_native(children)
+        if grad_children is not None and not torch_children:
+            square = flat_weights.view(groups, -1, num_inputs, num_inputs)  # [G, k, i, j]
+            native.bilinear(children[:, 1], g, square.permute(0, 2, 3, 1), out=grad_children[:, 0])  # [G, i, j, k]
+            native.bilinear(children[:, 0], g, square.permute(0, 3, 2, 1), out=grad_children[:, 1])  # [G, j, i, k]
+            grad_children.mul_(children)  # through exp
+        if grad_logits is not None or torch_children:
+            chunks = _chunks(children)
+            pairs_buffer = _chunk_buffer(children, chunks, role=0)
+            grad_pairs_buffer = _chunk_buffer(children, chunks, role=1) if torch_children else None
+            for part in chunks:
+                size = part.stop - part.start
+                pairs = _pairs(children[part], pairs_buffer)
+                if grad_logits is not None:
+                    grad_weights = torch.matmul(g[part], pairs.transpose(1, 2), out=grad_logits[part])
+                    scaled = grad_weights.mul_(flat_weights[part])  # softmax backward, in place
+                    scaled.addcmul_(flat_weights[part], scaled.sum(-1, keepdim=True), value=-1.0)
+                if grad_pairs_buffer is not None:
+                    grad_pairs = torch.matmul(flat_weights[part].transpose(1, 2), g[part],
+                                              out=grad_pairs_buffer[:size])
+                    # through exp: d/dx_left_i = Σ_j grad_pairs[i, j] · left_i · right_j: one product with the pairs
+                    through_exp = grad_pairs.mul_(pairs).view(size, num_inputs, num_inputs, num_samples)
+                    torch.sum(through_exp, 2, out=grad_children[part, 0])
+                    torch.sum(through_exp, 1, out=grad_children[part, 1])
         grad_x = None if grad_children is None else grad_children.view(x.shape).mul_(kept)
         return grad_x, None if grad_logits is None else grad_logits.view(logits.shape)

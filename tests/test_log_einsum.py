@@ -1,5 +1,6 @@
 """The chunked log-einsum-exp (the einsum layer's CPU path) against its plain reference and a direct
-log-sum-exp: values, first and second derivatives, chunk boundaries, floored children, threads."""
+log-sum-exp: values, first and second derivatives, chunk boundaries, floored children, threads; every test runs
+with the native kernel and with the PyTorch path."""
 
 import threading
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from pyro_spn import log_einsum as module
+from pyro_spn import native
 from pyro_spn.log_einsum import exp_floor, log_einsum, log_einsum_reference
 
 
@@ -24,6 +26,17 @@ def direct(x, logits):
     left, right = x[:, 0::2], x[:, 1::2]  # [R, L, K, N]
     pairs = (left[:, :, :, None, :] + right[:, :, None, :, :]).flatten(2, 3)  # [R, L, K*K, N]
     return torch.logsumexp(logits.log_softmax(-1)[..., None] + pairs[:, :, None], dim=3)  # [R, L, K_out, N]
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def path(request):
+    """Run each test with the native kernel (required to build wherever a C compiler is) and without it."""
+    if request.param == "native":
+        assert native.available(), "the native kernel did not build"
+        yield request.param
+    else:
+        with native.disabled():
+            yield request.param
 
 
 @pytest.fixture(params=[1, 2, 100], ids=["one-group-chunks", "two-group-chunks", "one-chunk"])
