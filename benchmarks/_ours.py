@@ -18,7 +18,7 @@ from _common import (
 )
 
 import pyro_spn
-from pyro_spn import RatSPN, SPNDistribution
+from pyro_spn import RatSPN, SPNDistribution, native
 from pyro_spn.leaves import Binomial
 
 
@@ -44,7 +44,8 @@ def build(cfg: Config) -> Built:
         description=(f"pyro_spn.RatSPN(depth={cfg.depth}, num_repetitions={cfg.num_repetitions}, "
                      f"num_sums={cfg.num_sums}, num_leaves={cfg.num_leaves}, "
                      f"leaf=Binomial({cfg.total_count})) in SPNDistribution(temperature=1.0)"),
-        versions={"pyro_spn": pyro_spn.__version__, "torch": torch.__version__},
+        versions={"pyro_spn": pyro_spn.__version__, "torch": torch.__version__,
+                  "einsum kernel": "native" if native.available() else "PyTorch"},
         ops={
             LOG_PROB: log_prob,
             TRAIN_STEP: train_step_op(list(spn.parameters()), lambda: -dist.log_prob(x).mean()),

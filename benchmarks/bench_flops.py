@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_flops.py [--threads 2] [--batch 128] [--matmul-size 2048] [--repeats 7]
-        [--quick] [--json results.json]
+        [--pytorch-path] [--quick] [--json results.json]
 
 1. Matmul rate: ``torch.matmul`` of two ``n x n`` float32 matrices (``--matmul-size``), and batched
    matmuls of each einsum layer's shapes, ``[R*L, K_out, K_in^2] @ [R*L, K_in^2, N]`` (the CPU path's layout,
@@ -14,6 +14,8 @@ Usage::
    ``output.sum()`` into its weights and input. FLOPs: "matmul" = ``2*N*R*L*K_in^2*K_out``, "all" =
    matmul + the ``N*R*L*K_in^2`` multiplies of the outer product (exp, log and max are not counted);
    forward + backward counts 3x the forward's FLOPs.
+   The layers run the native kernel (``pyro_spn.native``) where it builds, or with ``--pytorch-path`` their
+   PyTorch path (products of pairs in chunks, then a batched matmul); the report says which.
 3. The whole model's log-likelihood (the ``_ours.py`` operation of ``bench_circuit.py``) against its FLOP
    floor: the leaf matmul (``2*N*C*F*S*I*R``, ``S`` sufficient statistics) plus the einsum layers' "all"
    FLOPs, at the square-matmul rate.
@@ -44,7 +46,7 @@ from _ours import build
 from bench_circuit import QUICK, thread_env
 from bench_scaling import describe_machine, describe_model
 
-from pyro_spn import RatSPN
+from pyro_spn import RatSPN, native
 from pyro_spn.layers import EinsumLayer
 from pyro_spn.leaves import Binomial
 
@@ -223,13 +225,15 @@ def format_report(cfg: Config, square: tuple[int, float], layers: list[LayerResu
 
 
 def main() -> None:
-    """Parse options, measure, print the report and optionally write JSON."""
+    """Parse options, pin the threads and measure."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, help="batch size N (default 128, or 16 with --quick)")
     parser.add_argument("--matmul-size", type=int, help="n of the square matmul (default 2048, or 256 with --quick)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--min-block", type=float, help="seconds per timed block (default 0.05, or 0.005 with --quick)")
+    parser.add_argument("--pytorch-path", action="store_true",
+                        help="run the einsum layers' PyTorch path instead of the native kernel")
     parser.add_argument("--quick", action="store_true",
                         help="tiny circuit (bench_circuit.py's --quick) and sizes, to smoke-test the script")
     parser.add_argument("--json", type=Path, help="also write all results to this file")
@@ -237,7 +241,15 @@ def main() -> None:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     pin_threads(args.threads)
+    if args.pytorch_path:
+        with native.disabled():
+            measure(args)
+    else:
+        measure(args)
 
+
+def measure(args: argparse.Namespace) -> None:
+    """Measure with the parsed options, print the report and optionally write JSON."""
     base = QUICK if args.quick else Config()
     cfg = replace(base, threads=args.threads, batch=args.batch or base.batch)
     size = args.matmul_size or (256 if args.quick else 2048)

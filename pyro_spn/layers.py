@@ -72,7 +72,8 @@ class EinsumLayer(nn.Module):
         to the floor before exp (see :func:`~pyro_spn.log_einsum.exp_floor`).
 
         On the CPU the layer runs in a batch-innermost ``[R, L, K, N]`` layout through
-        :func:`~pyro_spn.log_einsum.log_einsum` (chunked, cache-sized products of pairs, a manual backward), and
+        :func:`~pyro_spn.log_einsum.log_einsum` (the native kernel of :mod:`pyro_spn.native` where it builds, or
+        chunked, cache-sized products of pairs; a manual backward), and
         its output is a ``[N, R, L, K_out]`` view of a contiguous ``[R, L, K_out, N]`` tensor, so that a chain of
         these layers transposes once, at the bottom. On GPUs it is a broadcast outer product and one batched
         matmul in a ``[R, L, N, K_in * K_in]`` layout. Both compute the same values up to summation order.

@@ -82,7 +82,8 @@ def test_disabled_block():
 
 
 def _run_fresh(tmp_path, **env):
-    """``available()`` and the warnings in a new process with an empty cache and these environment variables."""
+    """``available()`` and the warnings (stdout, stderr) of a new process with an empty cache and these
+    environment variables."""
     code = ("import warnings; warnings.simplefilter('always'); from pyro_spn import native; "
             "print(native.available())")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -95,6 +96,16 @@ def test_builds_from_scratch_into_the_cache(tmp_path):
     available, warned = _run_fresh(tmp_path)
     assert available == "True", warned
     assert [path.suffix for path in (tmp_path / "cache").iterdir()] == [".so"]
+
+
+def test_unwritable_cache_falls_back_to_the_temporary_folder(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "tmp").mkdir()
+    available, warned = _run_fresh(tmp_path, PYRO_SPN_CACHE_DIR=str(tmp_path / "a-file" / "cache"),
+                                   TMPDIR=str(tmp_path / "tmp"))
+    assert available == "True", warned
+    [folder] = (tmp_path / "tmp").iterdir()
+    assert folder.name.startswith("pyro_spn-") and [p.suffix for p in folder.iterdir()] == [".so"]
 
 
 def test_switched_off_by_environment(tmp_path):

@@ -9,7 +9,8 @@ never leave registers. It is the einsum layer's forward (``a`` output unit, ``b`
 both children's gradients (the same weights, permuted).
 
 The source is compiled once per machine and source version with ``cc -O3 -march=native -fopenmp`` into
-``$PYRO_SPN_CACHE_DIR`` (default ``~/.cache/pyro_spn``), loaded with :mod:`ctypes`, and checked against PyTorch
+``$PYRO_SPN_CACHE_DIR`` (default ``~/.cache/pyro_spn``; a folder in the system's temporary one where that
+cannot be written), loaded with :mod:`ctypes`, and checked against PyTorch
 on a small random case before it is used. Without a working C compiler, or with ``PYRO_SPN_NATIVE=0`` set, or
 if the check fails, :func:`available` is False and the layers use their PyTorch path (one warning says why,
 unless the kernel was switched off).
@@ -49,6 +50,7 @@ _FLAG_SETS = (
     ("-O3",),
 )
 _COMMON_FLAGS = ("-std=gnu11", "-shared", "-fPIC", "-Wno-unknown-pragmas")
+_BUILD_TIMEOUT_S = 120
 _KERNELS = {torch.float32: "bilinear_f32", torch.float64: "bilinear_f64"}
 
 _lock = threading.Lock()
@@ -197,18 +199,35 @@ def _build() -> Path:
     for flags in _FLAG_SETS:
         command = [*compiler.split(), *flags, *_COMMON_FLAGS]
         key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), _machine_key().encode()])).hexdigest()
-        target = cache_dir() / f"bilinear-{key[:16]}.so"
+        target = _writable_cache_dir() / f"bilinear-{key[:16]}.so"
         if target.exists():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             built = Path(scratch) / target.name
-            result = subprocess.run([*command, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+            try:
+                result = subprocess.run([*command, str(SOURCE), "-o", str(built)], capture_output=True, text=True,
+                                        timeout=_BUILD_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                errors.append(f"{' '.join(flags)}: no result after {_BUILD_TIMEOUT_S} s")
+                continue
             if result.returncode == 0:
                 os.replace(built, target)  # atomic: concurrent builders all end with one whole file
                 return target
-        errors.append(f"{' '.join(flags)}: {result.stderr.strip().splitlines()[-1:] or result.returncode}")
-    raise RuntimeError(f"{compiler} could not build {SOURCE.name}: " + "; ".join(map(str, errors)))
+        last_line = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        errors.append(f"{' '.join(flags)}: {last_line}")
+    raise RuntimeError(f"{compiler} could not build {SOURCE.name}: " + "; ".join(errors))
+
+
+def _writable_cache_dir() -> Path:
+    """:func:`cache_dir`, created; or, where that cannot be written, a folder in the system's temporary one."""
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"pyro_spn-{getattr(os, 'getuid', lambda: 'user')()}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    raise RuntimeError(f"cannot write to {cache_dir()} (set {ENV_CACHE_DIR} to a writable folder)")
 
 
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
