@@ -2,7 +2,9 @@
 columns, strided weights and group-strided views), argument checks, and the build: from scratch in a fresh
 cache, the switch that turns it off, and the fallback with a warning when no compiler works."""
 
+import ctypes
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -119,3 +121,23 @@ def test_falls_back_with_a_warning_without_a_compiler(tmp_path):
     available, warned = _run_fresh(tmp_path, CC="/nonexistent/cc", PATH=str(tmp_path))
     assert available == "False"
     assert "native einsum kernel is unavailable" in warned and "no C compiler found" in warned
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set variants")
+@pytest.mark.parametrize("flags", [["-mno-avx512f"], ["-mno-avx"]], ids=["avx2-tiles", "sse-tiles"])
+def test_other_instruction_sets_build_and_agree(tmp_path, flags):
+    """The same source compiled without AVX-512 (3-row tiles of 8-float vectors) and without AVX (4-float
+    vectors) gives the same values: the tile code that other machines run."""
+    compiler = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc") or shutil.which("clang")
+    target = tmp_path / "variant.so"
+    result = subprocess.run([compiler, "-O3", "-march=native", *flags, "-fopenmp", "-std=gnu11", "-shared", "-fPIC",
+                             str(native.SOURCE), "-o", str(target)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"this compiler cannot build the variant: {result.stderr.strip()[-200:]}")
+    library = native._declare(ctypes.CDLL(str(target)))
+    g = torch.Generator().manual_seed(5)
+    for dtype in (torch.float32, torch.float64):
+        p, q = torch.rand(3, 20, 100, generator=g, dtype=dtype), torch.rand(3, 20, 100, generator=g, dtype=dtype)
+        m = torch.rand(3, 20, 20, 20, generator=g, dtype=dtype).permute(0, 2, 3, 1)
+        got = native._run(library, p, q, m, None)
+        assert torch.allclose(got, einsum_reference(p, q, m), rtol=1e-5 if dtype == torch.float32 else 1e-12)
