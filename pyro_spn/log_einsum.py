@@ -187,34 +187,57 @@ class ChunkedLogEinsum(torch.autograd.Function):
             inputs = [t for t, needed in zip((x, logits), ctx.needs_input_grad, strict=True) if needed]
             grads = iter(torch.autograd.grad(log_einsum_reference(x, logits), inputs, grad, create_graph=True))
             return next(grads) if need_x else None, next(grads) if need_logits else None
-        groups, _, num_inputs, num_samples = children.shape
+        groups = children.shape[0]
         g = (grad.reshape(inverse.shape) * inverse).contiguous()  # [G, K_out, N]
         flat_weights = weights.reshape(groups, *weights.shape[2:])
         grad_children = torch.empty_like(children) if need_x else None  # of the log-children x
         grad_logits = torch.empty_like(flat_weights) if need_logits else None
-        torch_children = grad_children is not None and not _use_native(children)
-        if grad_children is not None and not torch_children:
-            square = flat_weights.view(groups, -1, num_inputs, num_inputs)  # [G, k, i, j]
-            native.bilinear(children[:, 1], g, square.permute(0, 2, 3, 1), out=grad_children[:, 0])  # [G, i, j, k]
-            native.bilinear(children[:, 0], g, square.permute(0, 3, 2, 1), out=grad_children[:, 1])  # [G, j, i, k]
-            grad_children.mul_(children)  # through exp
-        if grad_logits is not None or torch_children:
-            chunks = _chunks(children)
-            pairs_buffer = _chunk_buffer(children, chunks, role=0)
-            grad_pairs_buffer = _chunk_buffer(children, chunks, role=1) if torch_children else None
-            for part in chunks:
-                size = part.stop - part.start
-                pairs = _pairs(children[part], pairs_buffer)
-                if grad_logits is not None:
-                    grad_weights = torch.matmul(g[part], pairs.transpose(1, 2), out=grad_logits[part])
-                    scaled = grad_weights.mul_(flat_weights[part])  # softmax backward, in place
-                    scaled.addcmul_(flat_weights[part], scaled.sum(-1, keepdim=True), value=-1.0)
-                if grad_pairs_buffer is not None:
-                    grad_pairs = torch.matmul(flat_weights[part].transpose(1, 2), g[part],
-                                              out=grad_pairs_buffer[:size])
-                    # through exp: d/dx_left_i = Σ_j grad_pairs[i, j] · left_i · right_j: one product with the pairs
-                    through_exp = grad_pairs.mul_(pairs).view(size, num_inputs, num_inputs, num_samples)
-                    torch.sum(through_exp, 2, out=grad_children[part, 0])
-                    torch.sum(through_exp, 1, out=grad_children[part, 1])
+        if grad_children is not None and _use_native(children):
+            _children_grad_native(children, g, flat_weights, grad_children)
+            _backward_in_chunks(children, g, flat_weights, grad_logits, None)
+        else:
+            _backward_in_chunks(children, g, flat_weights, grad_logits, grad_children)
         grad_x = None if grad_children is None else grad_children.view(x.shape).mul_(kept)
         return grad_x, None if grad_logits is None else grad_logits.view(logits.shape)
+
+
+def _children_grad_native(children: Tensor, g: Tensor, weights: Tensor, out: Tensor) -> None:
+    """The gradient of the children's logs by the native kernel, into ``out`` ``[G, 2, K, N]``: for the left child
+    ``left_i · Σ_j right_j Σ_k w[k, i, j] g_k``, and its mirror for the right.
+
+    ``children`` ``[G, 2, K, N]`` (shifted, exponentiated), ``g`` ``[G, K_out, N]``, ``weights`` ``[G, K_out, K²]``.
+    """
+    groups, _, num_inputs, _ = children.shape
+    square = weights.view(groups, -1, num_inputs, num_inputs)  # [G, k, i, j]
+    native.bilinear(children[:, 1], g, square.permute(0, 2, 3, 1), out=out[:, 0])  # weights as [G, i, j, k]
+    native.bilinear(children[:, 0], g, square.permute(0, 3, 2, 1), out=out[:, 1])  # weights as [G, j, i, k]
+    out.mul_(children)  # through exp
+
+
+def _backward_in_chunks(children: Tensor, g: Tensor, weights: Tensor, grad_logits: Tensor | None,
+                        grad_children: Tensor | None) -> None:
+    """The gradients with the products of pairs, a chunk of groups at a time: of the logits (through the softmax)
+    into ``grad_logits`` ``[G, K_out, K²]`` and of the children's logs into ``grad_children`` ``[G, 2, K, N]``,
+    each where given.
+
+    ``children`` ``[G, 2, K, N]`` (shifted, exponentiated), ``g`` ``[G, K_out, N]``, ``weights`` ``[G, K_out, K²]``.
+    """
+    if grad_logits is None and grad_children is None:
+        return
+    _, _, num_inputs, num_samples = children.shape
+    chunks = _chunks(children)
+    pairs_buffer = _chunk_buffer(children, chunks, role=0)
+    grad_pairs_buffer = _chunk_buffer(children, chunks, role=1) if grad_children is not None else None
+    for part in chunks:
+        size = part.stop - part.start
+        pairs = _pairs(children[part], pairs_buffer)
+        if grad_logits is not None:
+            grad_weights = torch.matmul(g[part], pairs.transpose(1, 2), out=grad_logits[part])
+            scaled = grad_weights.mul_(weights[part])  # softmax backward, in place
+            scaled.addcmul_(weights[part], scaled.sum(-1, keepdim=True), value=-1.0)
+        if grad_children is not None:
+            grad_pairs = torch.matmul(weights[part].transpose(1, 2), g[part], out=grad_pairs_buffer[:size])
+            # through exp: d/dx_left_i = Σ_j grad_pairs[i, j] · left_i · right_j, so one product with the pairs
+            through_exp = grad_pairs.mul_(pairs).view(size, num_inputs, num_inputs, num_samples)  # [g, i, j, N]
+            torch.sum(through_exp, 2, out=grad_children[part, 0])
+            torch.sum(through_exp, 1, out=grad_children[part, 1])
