@@ -31,8 +31,8 @@ ONE_HOT_RULES: tuple[str, ...] = ("hard", "straight_through", "argmax")
 def gumbel_like(x: Tensor) -> Tensor:
     """Standard Gumbel noise of the shape, dtype and device of ``x``."""
     tiny = torch.finfo(x.dtype).tiny
-    u = torch.rand_like(x).clamp(tiny, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
+    # in place: one tensor instead of five (this is the paper's soft sampler's largest tensor, [N, R, L, K, K²])
+    return torch.rand_like(x).clamp_(tiny, 1.0 - 1e-7).log_().neg_().log_().neg_()
 
 
 def conditional_gumbel(log_probs: Tensor, index: Tensor) -> Tensor:
