@@ -46,7 +46,8 @@ _FLAG_SETS = (
     ("-O3", "-march=native", "-fopenmp"),
     ("-O3", "-mcpu=native", "-fopenmp"),
     ("-O3", "-fopenmp"),
-    ("-O3", "-march=native"),
+    ("-O3", "-march=native"),  # compilers without OpenMP (Apple's clang): one thread
+    ("-O3", "-mcpu=native"),
     ("-O3",),
 )
 _COMMON_FLAGS = ("-std=gnu11", "-shared", "-fPIC", "-Wno-unknown-pragmas")
