@@ -130,8 +130,8 @@ def test_other_instruction_sets_build_and_agree(tmp_path, flags):
     vectors) gives the same values: the tile code that other machines run."""
     compiler = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc") or shutil.which("clang")
     target = tmp_path / "variant.so"
-    result = subprocess.run([compiler, "-O3", "-march=native", *flags, "-fopenmp", "-std=gnu11", "-shared", "-fPIC",
-                             str(native.SOURCE), "-o", str(target)], capture_output=True, text=True)
+    result = subprocess.run([compiler, *native._FLAG_SETS[0], *flags, *native._COMMON_FLAGS, str(native.SOURCE),
+                             "-o", str(target)], capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"this compiler cannot build the variant: {result.stderr.strip()[-200:]}")
     library = native._declare(ctypes.CDLL(str(target)))

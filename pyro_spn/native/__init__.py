@@ -195,11 +195,11 @@ def _machine_key() -> str:
 def _build() -> Path:
     """Compile ``bilinear.c`` (or find it already compiled) and return the shared library's path."""
     compiler = _compiler()
-    source = SOURCE.read_bytes()
+    source, machine = SOURCE.read_bytes(), _machine_key().encode()
     errors = []
     for flags in _FLAG_SETS:
         command = [*compiler.split(), *flags, *_COMMON_FLAGS]
-        key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), _machine_key().encode()])).hexdigest()
+        key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), machine])).hexdigest()
         target = _writable_cache_dir() / f"bilinear-{key[:16]}.so"
         if target.exists():
             return target
