@@ -257,9 +257,9 @@ def run_checks(cfg: Config, device: torch.device) -> list[tuple[str, bool, str]]
         assert bool(torch.isfinite(filled).all())
         cond_lp = conditional.log_prob(filled)
         assert bool(torch.isfinite(cond_lp).all())
-        completion, value = dist.mpe(evidence, return_log_prob=True)
+        completion, value = dist.mpe_with_log_prob(evidence)
         assert bool((completion[observed] == evidence[observed]).all()) and bool(torch.isfinite(value).all())
-        completion_cpu, value_cpu = SPNDistribution(cpu64).mpe(x_missing_cpu[:8].double(), return_log_prob=True)
+        completion_cpu, value_cpu = SPNDistribution(cpu64).mpe_with_log_prob(x_missing_cpu[:8].double())
         value_err = ((value.cpu().double() - value_cpu).abs() / value_cpu.abs()).max().item()
         same = (completion.cpu().double() == completion_cpu).float().mean().item()
         assert value_err < 1e-4, f"MPE value differs from the CPU's by {value_err:.3g} (relative)"

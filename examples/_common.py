@@ -3,7 +3,6 @@
 * :func:`smoke_mode`: whether to run the tiny, fast configuration (``--smoke-test`` or the ``CI`` variable).
 * :func:`output_dir`: the output folder, created.
 * :func:`make_parser`: an ``argparse`` parser with the options every example takes.
-* :func:`leaf_for`: the leaf layer matching a loaded :class:`~pyro_spn.data.Dataset`.
 * :func:`batches`: shuffled mini-batches of a tensor.
 """
 
@@ -20,9 +19,8 @@ from torch import Tensor
 
 from pyro_spn import RatSPN
 from pyro_spn.data import DATASETS, Dataset, load_dataset
-from pyro_spn.leaves import Bernoulli, Binomial, Leaf, Normal
 
-__all__ = ["batches", "leaf_for", "make_parser", "output_dir", "smoke_mode"]
+__all__ = ["batches", "make_parser", "output_dir", "smoke_mode"]
 
 
 def smoke_mode(args: argparse.Namespace) -> bool:
@@ -54,15 +52,6 @@ def make_parser(name: str, description: str | None = None, epochs: int = 10) -> 
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny circuit, 1 epoch, few batches (also on when the CI variable is set)")
     return parser
-
-
-def leaf_for(data: Dataset) -> Leaf:
-    """A fresh leaf layer for ``data.leaf``: ``Binomial(total_count)``, ``Normal()`` or ``Bernoulli()``."""
-    if data.leaf == "binomial":
-        return Binomial(total_count=data.total_count)
-    if data.leaf == "bernoulli":
-        return Bernoulli()
-    return Normal()
 
 
 def batches(x: Tensor, batch_size: int, max_batches: int | None = None, shuffle: bool = True) -> Iterator[Tensor]:
@@ -103,11 +92,11 @@ def schedule(options: argparse.Namespace, smoke: bool) -> tuple[int, int | None,
 
 
 def build_circuit(data: Dataset, options: argparse.Namespace, smoke: bool) -> RatSPN:
-    """A RAT-SPN over the data set's event shape with the options' sizes (tiny in smoke mode) and a leaf that fits
-    the data set."""
+    """A RAT-SPN over the data set's event shape with the options' sizes (tiny in smoke mode) and the data set's
+    leaf family."""
     depth, repetitions, sums = circuit_sizes(options, smoke)
     return RatSPN(data.event_shape, depth=depth, num_repetitions=repetitions, num_sums=sums, num_leaves=sums,
-                  leaf=leaf_for(data), seed=options.seed)
+                  leaf=data.leaf, seed=options.seed)
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ def main(args: list[str] | None = None) -> None:
     data = load_data(options, smoke)
     epochs, max_batches, batch_size = schedule(options, smoke)
     spn = build_circuit(data, options, smoke)
-    scale = float(data.total_count) if data.leaf == "binomial" else 1.0  # the discriminator sees [0, 1] pixels
+    scale = data.scale  # the discriminator sees [0, 1] pixels
     objective = make_objective("adv", event_shape=data.event_shape, lr=options.discriminator_lr,
                                discriminator_steps=options.discriminator_steps, scale=scale)
     temperature = make_temperature("annealed", options.tau, options.tau_min)

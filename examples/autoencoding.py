@@ -1,8 +1,8 @@
 """Probabilistic auto-encoding (PAE): one circuit over the joint of the data ``x`` and Gaussian latents ``z``.
 
-The ``"pae"`` objective builds the joint circuit itself (``objective.build_spn``, i.e. ``build_joint_spn``:
-the data's leaves over ``x``, Normal leaves over ``z``). Encoding is the MPE ``z = argmax_z S(z | x)``,
-decoding a differentiable conditional sample ``x̂ ~ S(x | z)``, and the loss is the reconstruction error
+The circuit is a :class:`pyro_spn.joint.JointSPN`: the data's leaves over ``x``, Normal leaves over ``z``. Its data
+marginal (``JointSPN.distribution``) encodes by the max-product completion ``z = argmax_z S(x, z)``, decodes by a
+differentiable conditional sample ``x̂ ~ S(x | z)``, and the ``"pae"`` objective's loss is the reconstruction error
 of ``x̂``, back-propagated through the relaxed sampler. No separate encoder or decoder network exists.
 
 Run::
@@ -22,7 +22,6 @@ from _common import (
     add_circuit_options,
     batches,
     circuit_sizes,
-    leaf_for,
     load_data,
     make_parser,
     output_dir,
@@ -30,7 +29,8 @@ from _common import (
     smoke_mode,
 )
 
-from pyro_spn import SPNDistribution
+from pyro_spn.joint import JointSPN
+from pyro_spn.leaves import Normal
 from pyro_spn.objectives import make_objective
 from pyro_spn.temperature import make_temperature
 from pyro_spn.train.pictures import save_image_grid
@@ -48,18 +48,17 @@ def main(args: list[str] | None = None) -> None:
     data = load_data(options, smoke)
     depth, repetitions, sums = circuit_sizes(options, smoke)
     epochs, max_batches, batch_size = schedule(options, smoke)
-    scale = float(data.total_count) if data.leaf == "binomial" else 1.0
-    objective = make_objective("pae", event_shape=data.event_shape, latent_dim=options.latent_dim,
-                               reconstruction="mse" if data.leaf == "normal" else "bce", scale=scale)
-    spn = objective.build_spn(data.event_shape, leaf_for(data), depth=depth, num_repetitions=repetitions,
-                              num_sums=sums, num_leaves=sums, seed=options.seed)  # over (x, z)
+    objective = make_objective("pae", event_shape=data.event_shape, scale=data.scale,
+                               reconstruction="mse" if isinstance(data.leaf, Normal) else "bce")
+    model = JointSPN(data.event_shape, data.leaf, Normal(), options.latent_dim, depth=depth,
+                     num_repetitions=repetitions, num_sums=sums, num_leaves=sums, seed=options.seed)  # over (x, z)
     temperature = make_temperature("annealed", options.tau, options.tau_min)
-    optimizer = torch.optim.Adam(spn.parameters(), lr=options.lr)
-    print(f"joint circuit over {spn.event_shape} = {data.event_shape} data + {options.latent_dim} latents")
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    print(f"joint circuit over {model.spn.event_shape} = {data.event_shape} data + {options.latent_dim} latents")
 
     for epoch in range(1, epochs + 1):
         temperature.step(epoch - 1, epochs)
-        d = SPNDistribution(spn, temperature=temperature(), hard=False)
+        d = model.distribution(temperature=temperature(), hard=False)
         for x in batches(data.train, batch_size, max_batches):
             loss = objective.loss(d, x)  # reconstruction error of decode(encode(x))
             optimizer.zero_grad()
@@ -67,18 +66,18 @@ def main(args: list[str] | None = None) -> None:
             optimizer.step()
         with torch.no_grad():
             val = data.val[:256]
-            val_error = objective.reconstruction_error(objective.reconstruct(SPNDistribution(spn), val), val).mean()
+            val_error = objective.reconstruction_error(model.distribution().reconstruct(val), val).mean()
         print(f"epoch {epoch}: τ {temperature().item():.3f}, train loss {loss.item():.2f}, "
               f"validation reconstruction error {val_error.item():.2f}")
 
     with torch.no_grad():
-        d = SPNDistribution(spn)  # exact draws for the pictures
+        d = model.distribution()  # exact draws for the pictures
         originals = data.test[:32]
-        reconstructions = objective.reconstruct(d, originals)
+        reconstructions = d.reconstruct(originals)
         rows = torch.stack([originals.reshape(4, 8, *data.event_shape),
                             reconstructions.reshape(4, 8, *data.event_shape)], 1).flatten(0, 2)
         save_image_grid(data.preprocessing.inverse(rows), out / "reconstructions.png")
-        save_image_grid(data.preprocessing.inverse(objective.sample(d, 64)), out / "samples.png")
+        save_image_grid(data.preprocessing.inverse(d.sample((64,))), out / "samples.png")
     print(f"pictures in {out}")
 
 

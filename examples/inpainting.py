@@ -4,7 +4,8 @@ Trains a RAT-SPN by maximum likelihood (or loads a run's checkpoint with ``--che
 by ``pyrospn-train``), marks half of each test image as missing (NaN), and completes it twice:
 
 * ``d.condition(x).sample()``: an exact sample of the missing pixels given the observed ones;
-* ``d.mpe(x)``: the most probable completion (max-product).
+* ``d.mpe(x)``: the max-product completion (the data part of the most probable state of data and latent
+  choices; an approximation of the most probable completion).
 
 Run::
 
@@ -14,7 +15,8 @@ Run::
     python examples/inpainting.py --checkpoint runs/ll-digits
     python examples/inpainting.py --smoke-test
 
-Writes ``inpainting.png`` (blocks of rows: original / masked / conditional sample / MPE) to ``--output``
+Writes ``inpainting.png`` (blocks of rows: original / masked / conditional sample / max-product completion) to
+``--output``
 (default ``runs/examples/inpainting``).
 """
 
@@ -70,7 +72,7 @@ def main(args: list[str] | None = None) -> None:
         missing = half_mask(images.shape, options.side)
         evidence = images.masked_fill(missing, float("nan"))  # NaN = missing
         sample = d.condition(evidence).sample()  # exact conditional sample
-        mpe = d.mpe(evidence)  # most probable completion
+        mpe = d.mpe(evidence)  # max-product completion
         observed_ll = d.log_prob(evidence).mean()  # the missing half marginalized
     inverse = data.preprocessing.inverse
     save_inpainting_picture(inverse(images), missing, inverse(sample), inverse(mpe), out / "inpainting.png")

@@ -47,7 +47,7 @@ def main(args: list[str] | None = None) -> None:
     data = load_data(options, smoke)
     epochs, max_batches, batch_size = schedule(options, smoke)
     spn = build_circuit(data, options, smoke)
-    scale = float(data.total_count) if data.leaf == "binomial" else 1.0  # kernels on [0, 1] pixels
+    scale = data.scale  # kernels on [0, 1] pixels
     objective = make_objective("mmd", event_shape=data.event_shape, kernel=options.kernel, scale=scale)
     temperature = make_temperature("annealed", options.tau, options.tau_min)
     optimizer = torch.optim.Adam(spn.parameters(), lr=options.lr)

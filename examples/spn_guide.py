@@ -122,8 +122,8 @@ def main(args: list[str] | None = None) -> None:
         k = options.components
         spn = RatSPN(2, depth=1, num_repetitions=2, num_sums=k, num_leaves=k, leaf=Normal(), seed=options.seed)
         with torch.no_grad():
-            spn.leaf.loc.copy_(torch.linspace(-1.5, 1.5, k).view(1, 1, k, 1).expand_as(spn.leaf.loc))
-            spn.leaf.raw_scale.fill_(math.log(math.expm1(0.1)))
+            spn.leaf_layer.loc.copy_(torch.linspace(-1.5, 1.5, k).view(1, 1, k, 1).expand_as(spn.leaf_layer.loc))
+            spn.leaf_layer.raw_scale.fill_(math.log(math.expm1(0.1)))
 
         def spn_guide() -> None:
             pyro.module("spn", spn)

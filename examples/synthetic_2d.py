@@ -81,8 +81,8 @@ def build_spn(k: int, train: Tensor, seed: int, restarts: int = 10) -> RatSPN:
     scales = torch.stack([train[assignment == j].std(0) if (assignment == j).sum() > 1 else torch.full((2,), 0.3)
                           for j in range(k)]).clamp(0.05, 1.0)
     with torch.no_grad():
-        spn.leaf.loc.copy_(centers.T.reshape(1, 2, 1, k))
-        spn.leaf.raw_scale.copy_(torch.expm1(scales - spn.leaf.min_scale).log().T.reshape(1, 2, 1, k))
+        spn.leaf_layer.loc.copy_(centers.T.reshape(1, 2, 1, k))
+        spn.leaf_layer.raw_scale.copy_(torch.expm1(scales - spn.leaf.min_scale).log().T.reshape(1, 2, 1, k))
     return spn
 
 

@@ -33,9 +33,10 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from pyro_spn import SPNDistribution
-from pyro_spn.data import load_dataset
-from pyro_spn.leaves import Binomial
+from pyro_spn import RatSPN, SPNDistribution
+from pyro_spn.data import Dataset, load_dataset
+from pyro_spn.joint import JointSPN, MarginalSPNDistribution
+from pyro_spn.leaves import Normal
 from pyro_spn.objectives import make_objective
 from pyro_spn.temperature import make_temperature
 
@@ -50,6 +51,21 @@ SCHEDULES: dict[str, dict] = {
     "annealed": {"kind": "annealed", "value": 1.0, "minimum": 0.5},
     "learned": {"kind": "learned", "value": 1.0},
 }
+
+
+def build(objective: str, data: Dataset, size: tuple[int, int, int, int], latent_dim: int,
+          seed: int) -> RatSPN | JointSPN:
+    """The circuit ``objective`` trains: over the data, or for ``pae`` over the data and ``latent_dim`` latents."""
+    depth, repetitions, sums, leaves = size
+    structure = dict(depth=depth, num_repetitions=repetitions, num_sums=sums, num_leaves=leaves, seed=seed)
+    if objective == "pae":
+        return JointSPN(data.event_shape, data.leaf, Normal(), latent_dim, **structure)
+    return RatSPN(data.event_shape, leaf=data.leaf, **structure)
+
+
+def distribution(network: RatSPN | JointSPN, **options) -> SPNDistribution | MarginalSPNDistribution:
+    """The circuit as a distribution of the data (a joint circuit's data marginal)."""
+    return network.distribution(**options) if isinstance(network, JointSPN) else SPNDistribution(network, **options)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -75,18 +91,15 @@ def main(args: list[str] | None = None) -> None:
         start = time.perf_counter()
 
         data = load_dataset("digits", leaf="binomial", seed=options.seed, num_samples=200 if smoke else None)
-        event_shape, total = tuple(data.event_shape), data.total_count
+        event_shape = tuple(data.event_shape)
         print(f"digits: {tuple(data.train.shape)} train, {tuple(data.val.shape)} validation; objective "
               f"{options.objective}; {epochs} epoch(s)", flush=True)
         results: dict[str, dict[str, float]] = {}
         grids = []
         for name, schedule in SCHEDULES.items():
             torch.manual_seed(options.seed)
-            extra = {"latent_dim": 4 if smoke else 8} if options.objective == "pae" else {}
-            objective = make_objective(options.objective, event_shape=event_shape, scale=float(total), **extra)
-            depth, repetitions, sums, leaves = size
-            spn = objective.build_spn(event_shape, Binomial(total_count=total), depth=depth,
-                                      num_repetitions=repetitions, num_sums=sums, num_leaves=leaves, seed=options.seed)
+            objective = make_objective(options.objective, event_shape=event_shape, scale=data.scale)
+            spn = build(options.objective, data, size, 4 if smoke else 8, options.seed)
             temperature = make_temperature(**schedule)
             optimizer = torch.optim.Adam(list(spn.parameters()) + list(temperature.parameters()), lr=options.lr)
             generator = torch.Generator().manual_seed(options.seed)
@@ -98,17 +111,16 @@ def main(args: list[str] | None = None) -> None:
                     if max_batches is not None and number >= max_batches:
                         break
                     batch = data.train[index]
-                    d = SPNDistribution(spn, temperature=temperature(), hard=False)
-                    objective.auxiliary_step(d, batch)
-                    loss = objective.loss(SPNDistribution(spn, temperature=temperature(), hard=False), batch)
+                    objective.auxiliary_step(distribution(spn, temperature=temperature(), hard=False), batch)
+                    loss = objective.loss(distribution(spn, temperature=temperature(), hard=False), batch)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
                     losses.append(float(loss.detach()))
-            d = SPNDistribution(spn, temperature=temperature().detach())
+            d = distribution(spn, temperature=temperature().detach())
             with torch.no_grad():
-                val_nll = -float(objective.log_likelihood(d, data.val).mean())
-                samples = objective.sample(d, 16).float() / total
+                val_nll = -float(d.log_prob(data.val).mean())
+                samples = d.sample((16,)).float() / data.scale
             results[name] = {"tau": float(temperature().detach()), "loss": sum(losses) / len(losses),
                              "val_nll": val_nll}
             grids.append(make_grid(samples.repeat_interleave(4, -2).repeat_interleave(4, -1), nrow=4, padding=2,

@@ -3,5 +3,5 @@
 from .distribution import ConditionalSPNDistribution, SPNDistribution
 from .spn import RatSPN
 
-__all__ = ["ConditionalSPNDistribution", "RatSPN", "SPNDistribution"]
-__version__ = "0.1.0"
+__all__ = ["ConditionalSPNDistribution", "RatSPN", "SPNDistribution", "__version__"]
+__version__ = "0.2.0"

@@ -10,17 +10,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from numbers import Number
+from typing import cast
 
 import torch
 from pyro.distributions import TorchDistribution
 from torch import Tensor
 from torch.distributions import constraints
 
-from .spn import INTERPOLATIONS, Interpolation, RatSPN
+from . import checks
+from .sampling import INTERPOLATIONS, Interpolation, Rule, mpe, sample
+from .spn import RatSPN
 
 
 def _check_temperature(temperature: Tensor | float) -> Tensor:
-    if isinstance(temperature, bool) or not isinstance(temperature, (Number, Tensor)):
+    if isinstance(temperature, bool | complex) or not isinstance(temperature, Number | Tensor):
         raise TypeError(f"temperature must be a positive float or a scalar tensor, got {temperature!r}")
     tau = torch.as_tensor(temperature, dtype=torch.get_default_dtype()) if isinstance(temperature, Number) \
         else temperature
@@ -127,18 +130,14 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
     arg_constraints = {"temperature": constraints.positive}
     has_rsample = True
 
-    def __init__(self, spn: RatSPN, temperature: Tensor | float = 1.0, hard: bool = True,
+    def __init__(self, spn: RatSPN, *, temperature: Tensor | float = 1.0, hard: bool = True,
                  interpolation: Interpolation = "unit", validate_args: bool | None = None) -> None:
         if not isinstance(spn, RatSPN):
             raise TypeError(f"spn must be a pyro_spn.RatSPN, got {type(spn).__name__}")
-        if not isinstance(hard, bool):
-            raise TypeError(f"hard must be True or False, got {hard!r}")
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
         self.spn = spn
         self.temperature = _check_temperature(temperature)
-        self.hard = hard
-        self.interpolation = interpolation
+        self.hard = checks.flag("hard", hard)
+        self.interpolation = cast(Interpolation, checks.choice("interpolation", interpolation, INTERPOLATIONS))
         super().__init__(torch.Size(), torch.Size(spn.event_shape), validate_args=validate_args)
 
     def expand(self, batch_shape: Sequence[int], _instance: SPNDistribution | None = None) -> SPNDistribution:
@@ -152,7 +151,8 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         return new
 
     @classmethod
-    def infer_shapes(cls, spn: Sequence[int] = (), temperature: Sequence[int] = ()) -> tuple[torch.Size, torch.Size]:
+    def infer_shapes(cls, spn: Sequence[int] = (),  # type: ignore[override]
+                     temperature: Sequence[int] = ()) -> tuple[torch.Size, torch.Size]:
         """``(batch_shape, event_shape)`` of an ``SPNDistribution`` whose circuit has
         ``event_shape == spn`` (the circuit's shape stands in for the circuit): ``((), spn)``."""
         if tuple(temperature) != ():
@@ -176,15 +176,15 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         return log_prob.expand(torch.broadcast_shapes(batch, self.batch_shape))
 
     # -- sampling ---------------------------------------------------------------------------------------
-    def _draw(self, sample_shape: Sequence[int], rule: str, interpolation: Interpolation) -> Tensor:
+    def _draw(self, sample_shape: Sequence[int], rule: Rule, interpolation: Interpolation) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         num = math.prod(shape[: len(shape) - len(self.event_shape)])
-        return self.spn.sample(num, rule, self.temperature, interpolation).reshape(shape)
+        return sample(self.spn, num, rule, self.temperature, interpolation).reshape(shape)
 
     def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
         """Exact samples ``[*sample_shape, *batch_shape, *event_shape]``, without gradient."""
         with torch.no_grad():
-            return self._draw(sample_shape, "hard", "region")
+            return self._draw(sample_shape, "exact", "region")
 
     def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
         """Differentiable samples ``[*sample_shape, *batch_shape, *event_shape]``: straight-through
@@ -194,7 +194,7 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
     @property
     def mean(self) -> Tensor:
         """The exact mean ``[*batch_shape, *event_shape]`` (one top-down pass of expectations)."""
-        mean = self.spn.sample(1, "expected")[0]
+        mean = sample(self.spn, 1, "expected")[0]
         return mean.expand(self.batch_shape + self.event_shape)
 
     # -- conditioning -----------------------------------------------------------------------------------
@@ -212,22 +212,36 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         self._check_value(evidence, allow_nan=True, name="evidence")
         return ConditionalSPNDistribution(self, evidence)
 
-    def mpe(self, evidence: Tensor, return_log_prob: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """Most probable completion of the missing (NaN) entries of ``evidence`` (max-product).
+    def mpe(self, evidence: Tensor) -> Tensor:
+        """The max-product (Viterbi) completion of the missing (NaN) entries of ``evidence``.
+
+        It is the data part of the most probable joint state of the data *and* the circuit's latent choices
+        (one max-product upward pass, argmax down, leaf modes). That is the most probable completion only in a
+        deterministic circuit; in general it approximates it (and often misses it). See
+        :meth:`mpe_with_log_prob` for the state's log-density.
 
         Args:
-            evidence: ``[*B, *event_shape]``; pass all-NaN for the unconditional MPE.
-            return_log_prob: also return the max-product value ``[*B]``: the log-density of the most
-                probable joint state of the data and the circuit's latent choices.
+            evidence: ``[*B, *event_shape]``; pass all-NaN for the unconditional completion.
 
         Returns:
-            The completion ``[*B, *event_shape]`` (observed entries unchanged), and the value if asked.
+            The completion ``[*B, *event_shape]`` (observed entries unchanged).
+        """
+        return self.mpe_with_log_prob(evidence)[0]
+
+    def mpe_with_log_prob(self, evidence: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`mpe` and the max-product value ``[*B]``: the log-density of the completion jointly with the
+        circuit's latent choices that produced it (a lower bound of the completion's ``log_prob``).
+
+        Args:
+            evidence: ``[*B, *event_shape]``, NaN where a value is to be completed.
+
+        Returns:
+            ``(completion [*B, *event_shape], value [*B])``.
         """
         self._check_value(evidence, allow_nan=True, name="evidence")
         flat, batch = self._flat(evidence)
-        completion, value = self.spn.mpe(flat)
-        completion = completion.reshape(evidence.shape)
-        return (completion, value.reshape(batch)) if return_log_prob else completion
+        completion, value = mpe(self.spn, flat)
+        return completion.reshape(evidence.shape), value.reshape(batch)
 
 
 class ConditionalSPNDistribution(_SPNShapes, TorchDistribution):
@@ -257,22 +271,21 @@ class ConditionalSPNDistribution(_SPNShapes, TorchDistribution):
         evidence = self.evidence.expand(torch.Size(batch_shape) + self.event_shape)
         return ConditionalSPNDistribution(self.parent, evidence, validate_args=self._validate_args)
 
-    def _draw(self, sample_shape: Sequence[int], rule: str, interpolation: Interpolation) -> Tensor:
+    def _draw(self, sample_shape: Sequence[int], rule: Rule, interpolation: Interpolation) -> Tensor:
         sample_shape = torch.Size(sample_shape)
         flat, _ = self._flat(self.evidence)
         repeated = flat.expand(sample_shape + flat.shape).reshape((-1,) + tuple(self.event_shape))
-        draws = self.spn.sample(repeated.shape[0], rule, self.parent.temperature, interpolation, evidence=repeated)
+        draws = sample(self.spn, repeated.shape[0], rule, self.parent.temperature, interpolation, evidence=repeated)
         return draws.reshape(self._extended_shape(sample_shape))
 
     def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
         """Exact conditional samples ``[*sample_shape, *batch_shape, *event_shape]``, no gradient."""
         with torch.no_grad():
-            return self._draw(sample_shape, "hard", "region")
+            return self._draw(sample_shape, "exact", "region")
 
     def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
         """Differentiable conditional samples (the parent's ``hard`` and ``interpolation``)."""
-        rule = "straight_through" if self.parent.hard else "soft"
-        return self._draw(sample_shape, rule, self.parent.interpolation)
+        return self._draw(sample_shape, "straight_through" if self.parent.hard else "soft", self.parent.interpolation)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log p(x_missing | x_observed)``, the missing entries read from ``value``
@@ -290,4 +303,4 @@ class ConditionalSPNDistribution(_SPNShapes, TorchDistribution):
     def mean(self) -> Tensor:
         """The exact conditional mean ``[*batch_shape, *event_shape]`` (observed entries unchanged)."""
         flat, _ = self._flat(self.evidence)
-        return self.spn.sample(flat.shape[0], "expected", evidence=flat).reshape(self.evidence.shape)
+        return sample(self.spn, flat.shape[0], "expected", evidence=flat).reshape(self.evidence.shape)

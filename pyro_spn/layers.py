@@ -1,15 +1,195 @@
-"""Tensorized inner layers of a RAT-SPN: the einsum (sum-of-products) layer and the repetition mixing.
+"""Tensorized layers of a RAT-SPN: the leaf layer (the leaf regions' parameters), the einsum (sum-of-products)
+layer and the repetition mixing at the root.
 
-Shapes: ``N`` batch, ``R`` repetitions, ``L`` regions (per repetition), ``K`` units per region.
+Shapes: ``N`` batch, ``C`` channels, ``F`` variables, ``R`` repetitions, ``L`` regions (per repetition),
+``M`` variables per leaf region (padded), ``I`` leaf components per leaf region, ``K`` sum units per region.
 All values are log-likelihoods (log-space everywhere).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
+from .leaves.base import Leaf, Params, straight_through
 from .log_einsum import exp_floor, log_einsum, stable_max
+from .structure import RandomBinaryTrees
+
+
+class LeafLayer(nn.Module):
+    """The leaf regions of a circuit: ``I`` components of the leaf family ``leaf`` for every channel, variable and
+    repetition, and the gathering of variables into leaf regions.
+
+    The parameters are the spec's unconstrained parameters (:meth:`pyro_spn.leaves.Leaf.init_parameters`), each
+    ``[C, F, I, R, *E]``, registered under the spec's names (e.g. ``loc`` and ``raw_scale`` for Normal leaves).
+    Leaf region ``l`` of repetition ``r`` holds the variables ``leaf_slots[r, l]`` (padding slots hold the index
+    ``F``, a variable that is always marginalized).
+
+    Args:
+        leaf: the leaf family.
+        num_channels: ``C``.
+        trees: the region graph (its leaf regions).
+        num_components: ``I``.
+        generator: seeds the parameter initialization.
+
+    Buffers:
+        leaf_slots: ``[R, L, M]`` the variable at every slot of every leaf region (``F`` for padding).
+        variable_region: ``[R, F]`` the leaf region of every variable.
+    """
+
+    leaf_slots: Tensor
+    variable_region: Tensor
+
+    def __init__(self, leaf: Leaf, num_channels: int, trees: RandomBinaryTrees, num_components: int,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.leaf = leaf
+        self.num_channels = num_channels
+        self.num_features = trees.num_features
+        self.num_components = num_components
+        self.num_repetitions = trees.num_repetitions
+        self.register_buffer("leaf_slots", trees.leaf_slots)
+        self.register_buffer("variable_region", trees.variable_region)
+        shape = torch.Size((num_channels, trees.num_features, num_components, trees.num_repetitions))
+        for name, value in leaf.init_parameters(shape, generator).items():
+            self.register_parameter(name, nn.Parameter(value))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(C, F, I, R)``."""
+        return self.num_channels, self.num_features, self.num_components, self.num_repetitions
+
+    def params(self) -> Params:
+        """The constrained parameters of every component, each ``[C, F, I, R, *E]``."""
+        return self.leaf.constrain(dict(self.named_parameters()))
+
+    # -- gathering into leaf regions --------------------------------------------------------------------
+    def data_slots(self, t: Tensor) -> Tensor:
+        """Gathers per-variable values ``[N, C, F, *E]`` into leaf-region slots ``[R, L, M, C, *E, N]``, batch
+        last (padding slots read a zero), as one row-wise ``index_select``."""
+        moved = t.movedim(2, 0).movedim(1, -1)  # [F, C, *E, N]
+        padded = torch.cat([moved, moved.new_zeros((1,) + moved.shape[1:])])
+        slots = padded.index_select(0, self.leaf_slots.flatten())
+        return slots.view(self.leaf_slots.shape + slots.shape[1:])
+
+    def component_slots(self, t: Tensor) -> Tensor:
+        """Gathers per-component values ``[C, F, I, R, *E]`` into slots ``[R, L, M, C, I, *E]``, as one row-wise
+        ``index_select`` (whose backward is a row-wise ``index_add``)."""
+        moved = t.movedim(3, 0).movedim(2, 1)  # [R, F, C, I, *E]
+        padded = torch.cat([moved, moved.new_zeros(moved.shape[:1] + (1,) + moved.shape[2:])], dim=1)
+        offsets = torch.arange(self.num_repetitions, device=t.device)[:, None, None] * padded.shape[1]
+        slots = padded.flatten(0, 1).index_select(0, (offsets + self.leaf_slots).flatten())
+        return slots.view(self.leaf_slots.shape + slots.shape[1:])
+
+    @staticmethod
+    def contract_slots(data: Tensor, component: Tensor) -> Tensor:
+        """``Σ_{m, c, e} data[r, l, m, c, e, n] · component[r, l, m, c, i, e]`` as one batched matmul.
+
+        Args:
+            data: ``[R, L, M, C, *E, N]`` (:meth:`data_slots`).
+            component: ``[R, L, M, C, I, *E]`` (:meth:`component_slots`).
+
+        Returns:
+            ``[R, L, I, N]``.
+        """
+        repetitions, regions, num_samples = data.shape[0], data.shape[1], data.shape[-1]
+        num_components = component.shape[4]
+        lhs = component.movedim(4, 2).reshape(repetitions * regions, num_components, -1)  # [R*L, I, M*C*E]
+        rhs = data.reshape(repetitions * regions, -1, num_samples)  # [R*L, M*C*E, N]
+        return torch.matmul(lhs, rhs).view(repetitions, regions, num_components, num_samples)
+
+    def variable_selection(self, leaf_selection: Tensor) -> Tensor:
+        """``[N, R, L, I]`` leaf-region selections → ``[N, F, I, R]`` per-variable selections."""
+        repetition = torch.arange(self.num_repetitions, device=leaf_selection.device)[:, None]
+        return leaf_selection[:, repetition, self.variable_region].permute(0, 2, 3, 1)
+
+    # -- the leaf regions' log-likelihoods --------------------------------------------------------------
+    def log_likelihood(self, x: Tensor, max_product: bool = False) -> tuple[Tensor, Tensor]:
+        """Log-likelihoods of all leaf regions, as one batched matmul of sufficient statistics with natural
+        parameters (``log p = T(x)·η − A(η) + h(x)``).
+
+        Args:
+            x: ``[N, C, F]`` with NaN for missing entries.
+            max_product: missing entries contribute the log-density of each component's mode (max-product) instead of 0
+                (marginalization).
+
+        Returns:
+            ``([N, R, L, I], [N])``: the leaf regions' log-likelihoods without the base measure (a view of a
+            contiguous ``[R, L, I, N]`` tensor, the einsum layers' CPU layout), and the base measure ``Σ h(x)`` over
+            the observed entries (the same for every component, so it is added once, at the root).
+        """
+        leaf = self.leaf
+        params = self.params()
+        missing = torch.isnan(x)
+        observed = (~missing).to(x.dtype)
+        x = torch.where(missing, torch.zeros_like(x), x)
+        stats = leaf.sufficient_statistics(x) * observed[..., None]  # [N, C, F, S]
+        eta = self.component_slots(leaf.natural_parameters(params))  # [R, L, M, C, I, S]
+        log_normalizer = self.component_slots(leaf.log_normalizer(params))  # [R, L, M, C, I]
+        ll = self.contract_slots(self.data_slots(stats), eta)  # [R, L, I, N]
+        any_missing = bool(missing.any())
+        if any_missing:
+            ll = ll - self.contract_slots(self.data_slots(observed), log_normalizer)
+        else:
+            ll = ll - log_normalizer.sum((2, 3))[..., None]
+        if max_product and any_missing:
+            mode_log_prob = self.component_slots(leaf.log_prob(leaf.mode(params), params))
+            ll = ll + self.contract_slots(self.data_slots(missing.to(x.dtype)), mode_log_prob)
+        base = (leaf.log_base_measure(x) * observed).sum((1, 2))
+        return ll.permute(3, 0, 1, 2), base
+
+    # -- every component on its own -----------------------------------------------------------------------
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log-likelihood of every component.
+
+        Args:
+            x: ``[N, C, F]``; NaN entries are marginalized (contribute 0).
+
+        Returns:
+            ``[N, C, F, I, R]``.
+        """
+        missing = torch.isnan(x)
+        x = torch.where(missing, torch.zeros_like(x), x)[..., None, None]
+        params = {k: v.unsqueeze(0) for k, v in self.params().items()}
+        log_prob = self.leaf.log_prob(x, params)
+        return torch.where(missing[..., None, None], torch.zeros_like(log_prob), log_prob)
+
+    def expanded_params(self, sample_shape: Sequence[int] = ()) -> Params:
+        """:meth:`params`, each expanded to ``[*sample_shape, C, F, I, R, *E]``."""
+        shape = torch.Size(sample_shape)
+        return {name: p.expand(shape + p.shape) for name, p in self.params().items()}
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        """Exact draws from every component, shape ``[*sample_shape, C, F, I, R]``."""
+        with torch.no_grad():
+            return self.leaf.sample(self.expanded_params(sample_shape))
+
+    def rsample(self, sample_shape: Sequence[int] = (), temperature: Tensor | float = 1.0,
+                hard: bool = True) -> Tensor:
+        """Differentiable draws from every component, shape ``[*sample_shape, C, F, I, R]``.
+
+        With ``hard=True`` (straight-through) the values are exact draws and the gradient is the relaxation's;
+        with ``hard=False`` the values are the relaxed draws themselves.
+        """
+        params = self.expanded_params(sample_shape)
+        if not hard:
+            return self.leaf.relaxed(params, temperature)
+        value = self.leaf.sample(params)
+        return straight_through(value, self.leaf.relaxed(params, temperature, value))
+
+    def mode(self) -> Tensor:
+        """The mode of every component, ``[C, F, I, R]``."""
+        return self.leaf.mode(self.params())
+
+    def mean(self) -> Tensor:
+        """The mean of every component, ``[C, F, I, R]``."""
+        return self.leaf.mean(self.params())
+
+    def extra_repr(self) -> str:
+        return f"{self.leaf!r}, C={self.num_channels}, F={self.num_features}, I={self.num_components}, " \
+               f"R={self.num_repetitions}"
 
 
 def split_children(x: Tensor) -> tuple[Tensor, Tensor]:

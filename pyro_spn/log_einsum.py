@@ -151,7 +151,7 @@ class ChunkedLogEinsum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, logits: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, logits: Tensor) -> Tensor:
         """``x`` ``[R, 2L, K, N]``, ``logits`` ``[R, L, K_out, K * K]`` → ``[R, L, K_out, N]``."""
         repetitions, regions, num_outputs, num_pairs = logits.shape
         weights = logits.softmax(-1)
@@ -179,7 +179,7 @@ class ChunkedLogEinsum(torch.autograd.Function):
         return out.add_(_pair_shift(shift))
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """``grad`` ``[R, L, K_out, N]`` → gradients of ``x`` and ``logits`` (None where not needed)."""
         x, logits, weights, children, kept, inverse = ctx.saved_tensors
         need_x, need_logits = ctx.needs_input_grad
@@ -236,6 +236,7 @@ def _backward_in_chunks(children: Tensor, g: Tensor, weights: Tensor, grad_logit
             scaled = grad_weights.mul_(weights[part])  # softmax backward, in place
             scaled.addcmul_(weights[part], scaled.sum(-1, keepdim=True), value=-1.0)
         if grad_children is not None:
+            assert grad_pairs_buffer is not None
             grad_pairs = torch.matmul(weights[part].transpose(1, 2), g[part], out=grad_pairs_buffer[:size])
             # through exp: d/dx_left_i = Σ_j grad_pairs[i, j] · left_i · right_j, so one product with the pairs
             through_exp = grad_pairs.mul_(pairs).view(size, num_inputs, num_inputs, num_samples)  # [g, i, j, N]

@@ -7,9 +7,9 @@ Sample-quality metrics are computed in float64 from features ``[N, D]``. The ima
 :func:`train_classifier_features` (a small CNN trained on the data set itself); :func:`inception_features` loads
 the standard Inception-v3 from a local weights file (nothing is downloaded).
 
-:func:`classifier_on_samples` scores a class-conditional generator (e.g.
-:class:`pyro_spn.class_conditional.ClassConditionalSPN`) by the real-test accuracy of a classifier trained on its
-labelled samples only.
+:func:`classifier_on_samples` scores a class-conditional generator (e.g. a class-conditional circuit,
+:class:`pyro_spn.joint.JointSPN` with a ``Categorical`` label) by the real-test accuracy of a classifier trained on
+its labelled samples only.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import checks
 from .objectives.mmd import BANDWIDTHS, mmd2
 
 __all__ = [
@@ -102,12 +103,6 @@ def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     return float(distance)
 
 
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
 def kernel_inception_distance(features_a: Tensor, features_b: Tensor, subsets: int = 100, subset_size: int = 1000,
                               degree: int = 3, seed: int = 0) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018): the unbiased MMD² under the polynomial kernel ``k(x, y) = (xᵀy / D + 1)^degree``,
@@ -127,7 +122,7 @@ def kernel_inception_distance(features_a: Tensor, features_b: Tensor, subsets: i
     """
     a, b = _features_2d("features_a", features_a, 2), _features_2d("features_b", features_b, 2)
     _same_width(a, b)
-    subsets, degree = _positive_int("subsets", subsets), _positive_int("degree", degree)
+    subsets, degree = checks.integer("subsets", subsets), checks.integer("degree", degree)
     if isinstance(subset_size, bool) or not isinstance(subset_size, int) or not 2 <= subset_size <= min(len(a), len(b)):
         raise ValueError(f"subset_size must be an integer in [2, {min(len(a), len(b))}], got {subset_size!r}")
     generator = torch.Generator().manual_seed(seed)
@@ -163,7 +158,7 @@ def extract_features(images: Tensor, feature_extractor: nn.Module, batch_size: i
     module's training flag is restored) in batches on the module's device."""
     images = _check_images("images", images)
     _extractor_name(feature_extractor)
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = checks.integer("batch_size", batch_size)
     parameter = next(feature_extractor.parameters(), None)
     device = images.device if parameter is None else parameter.device
     was_training = feature_extractor.training
@@ -288,14 +283,15 @@ def train_classifier_features(images: Tensor, labels: Tensor, epochs: int = 15, 
                               batch_size: int = 64, lr: float = 1e-3, name: str = "classifier") -> ClassifierFeatures:
     """Trains a :class:`ClassifierFeatures` on ``images`` ``[N, C, H, W]`` in ``[0, 1]`` with ``labels`` ``[N]``
     (long, ``0..K-1``) by Adam on cross-entropy, on the images' device; deterministic given ``seed`` (the global
-    RNG is untouched). Returns the classifier in eval mode; its features are named ``name``."""
+    RNG is untouched), also when called under ``torch.no_grad()``. Returns the classifier in eval mode; its
+    features are named ``name``."""
     images = _check_images("images", images)
     if not isinstance(labels, Tensor) or labels.shape != images.shape[:1] or labels.dtype != torch.long:
         raise ValueError(f"labels must be a long tensor of shape [{images.shape[0]}]")
     if bool((labels < 0).any()):
         raise ValueError("labels must be >= 0")
-    epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
-    with torch.random.fork_rng(devices=[]):
+    epochs, batch_size = checks.integer("epochs", epochs), checks.integer("batch_size", batch_size)
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)
         model = ClassifierFeatures(images.shape[1], int(labels.max()) + 1, name=name).to(images.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -344,12 +340,12 @@ def classifier_on_samples(generate: Callable[[Tensor], Tensor], test_images: Ten
                           seed: int = 0, batch_size: int = 64) -> ClassifierOnSamplesResult:
     """Classifier on samples: how well a classifier trained *only on generated, labelled images* does on real ones.
 
-    A class-conditional generator (e.g. :meth:`pyro_spn.class_conditional.ClassConditionalSPN.sample`, scaled to
-    ``[0, 1]``) draws ``samples_per_class`` images of every class; a :class:`ClassifierFeatures` CNN is trained on
-    them (:func:`train_classifier_features`) and its accuracy is measured on the real test split. High accuracy
-    needs samples that are both realistic and faithful to their label; a generator that ignores the label scores
-    about chance. Deterministic given ``seed``, which seeds the generation and the training (the global RNG is
-    untouched).
+    A class-conditional generator (e.g. :meth:`pyro_spn.joint.MarginalSPNDistribution.sample_given` of a class
+    label, scaled to ``[0, 1]``) draws ``samples_per_class`` images of every class; a :class:`ClassifierFeatures`
+    CNN is trained on them (:func:`train_classifier_features`) and its accuracy is measured on the real test
+    split. High accuracy needs samples that are both realistic and faithful to their label; a generator that
+    ignores the label scores about chance. Deterministic given ``seed``, which seeds the generation and the
+    training (the global RNG is untouched).
 
     Args:
         generate: maps labels ``[M]`` (long, balanced over the classes, on ``test_images``' device) to images
@@ -375,8 +371,8 @@ def classifier_on_samples(generate: Callable[[Tensor], Tensor], test_images: Ten
         raise ValueError(f"num_classes must be an integer >= 2 or None, got {num_classes!r}")
     if bool(((test_labels < 0) | (test_labels >= num_classes)).any()):
         raise ValueError(f"test_labels must be in 0..{num_classes - 1}")
-    samples_per_class = _positive_int("samples_per_class", samples_per_class)
-    epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
+    samples_per_class = checks.integer("samples_per_class", samples_per_class)
+    epochs, batch_size = checks.integer("epochs", epochs), checks.integer("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
 
@@ -449,7 +445,7 @@ def bits_per_dim(log_likelihood: Tensor, num_dims: int, discrete: bool, log_jaco
     """
     if not isinstance(log_likelihood, Tensor) or log_likelihood.dim() != 1 or len(log_likelihood) == 0:
         raise ValueError("log_likelihood must be a non-empty tensor of shape [N]")
-    num_dims = _positive_int("num_dims", num_dims)
+    num_dims = checks.integer("num_dims", num_dims)
     if not isinstance(discrete, bool):
         raise ValueError(f"discrete must be a bool, got {discrete!r}")
     jacobian = torch.as_tensor(log_jacobian, dtype=torch.float64)

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import abc
 import math
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import checks
+
 KINDS: tuple[str, ...] = ("constant", "annealed", "learned")
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 class Temperature(nn.Module, metaclass=abc.ABCMeta):
@@ -39,9 +34,11 @@ class Temperature(nn.Module, metaclass=abc.ABCMeta):
 class ConstantTemperature(Temperature):
     """A fixed ``τ = value``."""
 
+    value: Tensor
+
     def __init__(self, value: float = 1.0) -> None:
         super().__init__()
-        self.register_buffer("value", torch.tensor(_positive("value", value)))
+        self.register_buffer("value", torch.tensor(checks.positive("value", value)))
 
     def forward(self) -> Tensor:
         return self.value
@@ -53,23 +50,21 @@ class AnnealedTemperature(Temperature):
     With the defaults it is the paper's schedule: from ``1.0`` down to ``0.5``.
     """
 
+    value: Tensor
+
     def __init__(self, start: float = 1.0, minimum: float = 0.5, rate: float = 1.0) -> None:
         super().__init__()
-        self.start = _positive("start", start)
-        self.minimum = _positive("minimum", minimum)
+        self.start = checks.positive("start", start)
+        self.minimum = checks.positive("minimum", minimum)
         if self.minimum > self.start:
             raise ValueError(f"minimum must be <= start ({self.start}), got {minimum!r}")
-        if isinstance(rate, bool) or not isinstance(rate, Real) or not 0 <= rate < math.inf:
-            raise ValueError(f"rate must be a finite number >= 0, got {rate!r}")
-        self.rate = float(rate)
+        self.rate = checks.non_negative("rate", rate)
         self.register_buffer("value", torch.tensor(self.start))
 
     def value_at(self, epoch: int, max_epochs: int) -> float:
         """``τ`` at ``epoch`` of ``max_epochs`` (``0 <= epoch``, ``max_epochs >= 1``)."""
-        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
-            raise ValueError(f"max_epochs must be an integer >= 1, got {max_epochs!r}")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+        checks.integer("max_epochs", max_epochs)
+        checks.integer("epoch", epoch, minimum=0)
         return max(self.minimum, self.start * math.exp(-self.rate * epoch / max_epochs))
 
     def step(self, epoch: int, max_epochs: int) -> None:
@@ -92,8 +87,8 @@ class LearnedTemperature(Temperature):
 
     def __init__(self, init: float = 1.0, floor: float = 0.01) -> None:
         super().__init__()
-        self.floor = _positive("floor", floor)
-        init = _positive("init", init)
+        self.floor = checks.positive("floor", floor)
+        init = checks.positive("init", init)
         if init <= self.floor:
             raise ValueError(f"init must be > floor ({self.floor}), got {init!r}")
         raw = math.log(math.expm1(init - self.floor))  # the inverse of softplus
@@ -116,10 +111,9 @@ def make_temperature(kind: str, value: float = 1.0, minimum: float = 0.5, rate: 
         minimum: the annealed schedule's floor (ignored by the other kinds).
         rate: the annealed schedule's decay rate (ignored by the other kinds).
     """
+    checks.choice("kind", kind, KINDS)
     if kind == "constant":
         return ConstantTemperature(value)
     if kind == "annealed":
         return AnnealedTemperature(start=value, minimum=minimum, rate=rate)
-    if kind == "learned":
-        return LearnedTemperature(init=value)
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return LearnedTemperature(init=value)

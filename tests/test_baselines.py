@@ -11,20 +11,21 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from pyro_spn.leaves import Bernoulli, Binomial, Normal
 from pyro_spn.nets import VAE, Generator
 from pyro_spn.objectives import make_objective
 from pyro_spn.train import TrainConfig, Trainer
 from pyro_spn.train.checkpoint import load_checkpoint
 from pyro_spn.train.cli import sample, train
-from pyro_spn.train.config import BASELINE_OBJECTIVES
+from pyro_spn.train.config import MODEL_DEFAULTS
 from pyro_spn.train.model import DataInfo, Model, spn_num_parameters
 from pyro_spn.train.pictures import histogram_log_density
 from pyro_spn.train.sample import SavedRun
 
-DIGITS = DataInfo("digits", (1, 8, 8), "binomial", 16, True)
-MOONS = DataInfo("2-moons", (2,), "normal", None, False)
-SHAPES = [((1, 8, 8), "binomial", 16), ((1, 28, 28), "binomial", 255), ((3, 32, 32), "binomial", 255),
-          ((2,), "normal", None), ((1, 28, 28), "bernoulli", None)]
+DIGITS = DataInfo("digits", (1, 8, 8), Binomial(total_count=16), True, 10)
+MOONS = DataInfo("2-moons", (2,), Normal(), False, 2)
+SHAPES = [((1, 8, 8), Binomial(total_count=16)), ((1, 28, 28), Binomial(total_count=255)),
+          ((3, 32, 32), Binomial(total_count=255)), ((2,), Normal()), ((1, 28, 28), Bernoulli())]
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +45,7 @@ def one_thread():
 def small(tmp_path, model: str, dataset: str = "digits", name: str = "run", **changes) -> TrainConfig:
     """A baseline run with a circuit budget of a few thousand parameters, 2 batches per epoch."""
     knobs = dict(depth=2, num_repetitions=2) if dataset == "digits" else dict(depth=1, num_repetitions=4)
-    options = dict(model=model, objective=BASELINE_OBJECTIVES[model], dataset=dataset, num_sums=8, num_leaves=8,
+    options = dict(model=model, objective=MODEL_DEFAULTS[model][0], dataset=dataset, num_sums=8, num_leaves=8,
                    batch_size=32, epochs=1, max_batches_per_epoch=2, num_final_samples=8, latent_dim=2,
                    device="cpu", lr=1e-3, output=str(tmp_path / name), **knobs)
     return TrainConfig(**{**options, **changes})
@@ -56,29 +57,25 @@ def count(module: torch.nn.Module) -> int:
 
 # -- budgets ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", [VAE, Generator])
-@pytest.mark.parametrize("event_shape, leaf, total_count, budget", [
+@pytest.mark.parametrize("event_shape, leaf, budget", [
     *[(*shape, budget) for shape in SHAPES for budget in (200_000, 1_500_000)],
-    ((1, 8, 8), "binomial", 16, 5_000), ((2,), "normal", None, 5_000), ((2,), "normal", None, 500),
+    ((1, 8, 8), Binomial(total_count=16), 5_000), ((2,), Normal(), 5_000), ((2,), Normal(), 500),
 ])
-def test_with_budget_matches_the_parameter_count(cls, event_shape, leaf, total_count, budget):
-    model = cls.with_budget(event_shape, budget, leaf=leaf, total_count=total_count, latent_dim=4)
+def test_with_budget_matches_the_parameter_count(cls, event_shape, leaf, budget):
+    model = cls.with_budget(event_shape, budget, leaf=leaf, latent_dim=4)
     assert abs(count(model) - budget) <= 0.1 * budget
     assert model.rsample((3,)).shape == (3, *event_shape)
 
 
 def test_budget_and_argument_errors():
     with pytest.raises(ValueError, match="budget"):
-        Generator.with_budget((1, 8, 8), 10, leaf="binomial", total_count=16)
+        Generator.with_budget((1, 8, 8), 10, leaf=Binomial(total_count=16))
     with pytest.raises(ValueError, match="budget: no VAE has 5000 parameters"):  # 784 pixels need more
-        VAE.with_budget((1, 28, 28), 5000, leaf="binomial", total_count=255)
+        VAE.with_budget((1, 28, 28), 5000, leaf=Binomial(total_count=255))
     with pytest.raises(ValueError, match="budget"):
-        VAE.with_budget((2,), 0, leaf="normal")
-    with pytest.raises(ValueError, match="leaf must be one of binomial, normal, bernoulli"):
-        VAE((2,), leaf="gamma")
-    with pytest.raises(ValueError, match="total_count"):
-        Generator((1, 8, 8), leaf="binomial")
-    with pytest.raises(ValueError, match="total_count"):
-        VAE((2,), leaf="normal", total_count=3)
+        VAE.with_budget((2,), 0, leaf=Normal())
+    with pytest.raises(TypeError, match="leaf must be one of the specs Binomial, Normal, Bernoulli"):
+        VAE((2,), leaf="normal")
 
 
 def test_the_budget_is_the_circuit_of_the_same_config():
@@ -86,7 +83,7 @@ def test_the_budget_is_the_circuit_of_the_same_config():
     budget = spn_num_parameters(config, DIGITS)
     assert budget == Model.build(dataclasses.replace(config, model="spn"), DIGITS).num_parameters()
     for model in ("vae", "gan", "mmd-gan"):
-        built = Model.build(dataclasses.replace(config, model=model, objective=BASELINE_OBJECTIVES[model]), DIGITS)
+        built = Model.build(dataclasses.replace(config, model=model, objective=MODEL_DEFAULTS[model][0]), DIGITS)
         assert built.kind == model and abs(built.num_parameters() - budget) <= 0.1 * budget
     with pytest.raises(ValueError, match="model vae.*budget.*num_sums"):
         Model.build(dataclasses.replace(config, num_sums=1, num_leaves=1, num_repetitions=1), DIGITS)
@@ -95,7 +92,7 @@ def test_the_budget_is_the_circuit_of_the_same_config():
 # -- the VAE ----------------------------------------------------------------------------------------------
 def test_vae_iwae_bound_is_above_the_elbo_and_samples_are_counts():
     torch.manual_seed(0)
-    vae = VAE((1, 8, 8), leaf="binomial", total_count=16, latent_dim=4, hidden=32, num_importance=256)
+    vae = VAE((1, 8, 8), leaf=Binomial(total_count=16), latent_dim=4, hidden=32, num_importance=256)
     x = vae.sample((20,))
     assert x.shape == (20, 1, 8, 8) and torch.equal(x, x.round()) and x.min() >= 0 and x.max() <= 16
     with torch.no_grad():
@@ -112,7 +109,7 @@ def test_vae_learns_a_2d_gaussian():
     covariance = torch.tensor([[1.0, 0.8], [0.8, 1.0]])
     truth = torch.distributions.MultivariateNormal(torch.zeros(2), covariance)
     data = truth.sample((4096,))
-    vae = VAE((2,), leaf="normal", latent_dim=2, hidden=16)
+    vae = VAE((2,), leaf=Normal(), latent_dim=2, hidden=16)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2)
     for _ in range(200):
         batch = data[torch.randint(0, 4096, (128,))]
@@ -128,18 +125,18 @@ def test_vae_learns_a_2d_gaussian():
 
 
 # -- the generator ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("event_shape, leaf, total_count", SHAPES)
-def test_generator_support_and_gradients(event_shape, leaf, total_count):
+@pytest.mark.parametrize("event_shape, leaf", SHAPES)
+def test_generator_support_and_gradients(event_shape, leaf):
     torch.manual_seed(0)
-    generator = Generator(event_shape, leaf=leaf, total_count=total_count, latent_dim=4, width=4)
+    generator = Generator(event_shape, leaf=leaf, latent_dim=4, width=4)
     fake = generator.rsample((6,))
     assert fake.shape == (6, *event_shape)
     fake.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.parameters())
     x = generator.sample((2, 3))
     assert x.shape == (2, 3, *event_shape) and not x.requires_grad
-    if leaf != "normal":
-        assert torch.equal(x, x.round()) and x.min() >= 0 and x.max() <= (total_count or 1)
+    if not isinstance(leaf, Normal):
+        assert torch.equal(x, x.round()) and x.min() >= 0 and x.max() <= getattr(leaf, "total_count", 1)
     assert not hasattr(generator, "log_prob")
 
 
@@ -148,7 +145,7 @@ def test_existing_objectives_train_a_generator():
     data = torch.randint(0, 17, (16, 1, 8, 8)).float()
     for objective in (make_objective("adv", event_shape=(1, 8, 8), scale=16.0),
                       make_objective("mmd", event_shape=(1, 8, 8), kernel="learned", scale=16.0)):
-        generator = Generator((1, 8, 8), total_count=16, latent_dim=4, width=8)
+        generator = Generator((1, 8, 8), leaf=Binomial(total_count=16), latent_dim=4, width=8)
         before = [p.detach().clone() for p in generator.parameters()]
         optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
         objective.auxiliary_step(generator, data)
@@ -175,7 +172,7 @@ def test_histogram_log_density():
     (dict(model="mmd-gan", objective="mmd", mmd_adversarial=False), "mmd_adversarial"),
     (dict(model="gan", objective="adv", pretrain_epochs=1), "pretrain_epochs"),
     (dict(model="gan", objective="adv", nll_weight=0.1), "nll_weight"),
-    (dict(model="vae", objective="ll", straight_through=True), "straight_through"),
+    (dict(model="vae", objective="ll", hard=True), "hard"),
 ])
 def test_config_rejects_inconsistent_baselines(changes, field):
     with pytest.raises(ValueError, match=field):

@@ -10,9 +10,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from pyro_spn import scripts
 from pyro_spn.objectives import LikelihoodObjective
 from pyro_spn.train import TrainConfig
-from pyro_spn.train.cli import main_sample, main_train, sample, train
+from pyro_spn.train.cli import sample, train
 
 TINY = ["--depth", "2", "--repetitions", "2", "--sums", "2", "--leaves", "2", "--batch-size", "32", "--epochs", "2",
         "--max-batches-per-epoch", "2", "--num-final-samples", "8", "--latent-dim", "2", "--device", "cpu",
@@ -172,7 +173,8 @@ def test_help_lists_every_option():
         assert option in result.output
 
 
-@pytest.mark.parametrize("entry, name", [(main_train, "pyrospn-train"), (main_sample, "pyrospn-sample")])
+@pytest.mark.parametrize("entry, name", [(scripts.train, "pyrospn-train"), (scripts.sample, "pyrospn-sample"),
+                                         (scripts.experiment, "pyrospn-experiment")])
 def test_console_script_entry_points(entry, name, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", [name, "--help"])
     with pytest.raises(SystemExit) as exit_:

@@ -193,7 +193,7 @@ def test_hybrid_methods_set_pretraining_and_the_nll_weight(tmp_path):
     ({"datasets": ("mnist2",)}, "datasets: unknown data set 'mnist2'"),
     ({"methods": ("ll", "flow")}, "methods: unknown method 'flow'"),
     ({"methods": ()}, "methods must be a non-empty list"),
-    ({"lrs": (0.0,)}, "lrs must be finite numbers > 0"),
+    ({"lrs": (0.0,)}, "lrs must be a finite number > 0"),
     ({"batch_sizes": (0,)}, "batch_sizes must be an integer >= 1"),
     ({"seeds": 0}, "seeds must be an integer >= 1"),
     ({"features": "vgg"}, "features must be one of classifier, inception"),
@@ -253,7 +253,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, arguments, message):
     import subprocess
     import sys
 
-    process = subprocess.run([sys.executable, "-c", "from pyro_spn.experiment.cli import main; main()",
+    process = subprocess.run([sys.executable, "-c", "from pyro_spn.scripts import experiment; experiment()",
                               "--output", str(tmp_path / "x"), *arguments], capture_output=True, text=True)
     assert process.returncode == 2, process.stderr
     lines = process.stderr.strip().splitlines()

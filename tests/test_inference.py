@@ -20,9 +20,13 @@ import itertools
 import pytest
 import torch
 import torch.distributions as td
+from conftest import support_values
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyro_spn import RatSPN, SPNDistribution
 from pyro_spn.leaves import Bernoulli, Binomial, Categorical, Normal
+from pyro_spn.sampling import mpe
 
 DTYPE = torch.float64
 TIGHT = dict(rtol=1e-9, atol=1e-9)
@@ -66,16 +70,6 @@ def make_spn(kind, event_shape, depth, R, K, n_leaf, seed=0) -> RatSPN:
     return spn
 
 
-def support_values(leaf) -> list[float]:
-    if isinstance(leaf, Bernoulli):
-        return [0.0, 1.0]
-    if isinstance(leaf, Categorical):
-        return [float(v) for v in range(leaf.num_categories)]
-    if isinstance(leaf, Binomial):
-        return [float(v) for v in range(leaf.total_count + 1)]
-    raise AssertionError(leaf)
-
-
 def all_configs(spn: RatSPN) -> torch.Tensor:
     """Every complete value ``[X, *event_shape]`` (discrete leaves)."""
     numel = spn.num_channels * spn.num_features
@@ -85,7 +79,7 @@ def all_configs(spn: RatSPN) -> torch.Tensor:
 
 def torch_leaf(spn: RatSPN) -> td.Distribution:
     """The leaf components ``[C, F, I, R]`` as a ``torch.distributions`` object."""
-    leaf, params = spn.leaf, spn.leaf.params()
+    leaf, params = spn.leaf, spn.leaf_layer.params()
     if isinstance(leaf, Normal):
         return td.Normal(params["loc"], params["scale"])
     if isinstance(leaf, Bernoulli):
@@ -150,11 +144,11 @@ class TreeReference:
         spn = self.spn
         flat = x.to(DTYPE).reshape(x.shape[0], spn.num_channels, spn.num_features)
         per_var = component_log_prob(spn, flat, missing).sum(1)  # [N, F, I, R]
-        R, L, _ = spn.leaf_slots.shape
+        R, L, _ = spn.leaf_layer.leaf_slots.shape
         out = torch.zeros(x.shape[0], R, L, spn.num_leaves, dtype=DTYPE)
         for r in range(R):
             for region in range(L):
-                for v in spn.leaf_slots[r, region].tolist():
+                for v in spn.leaf_layer.leaf_slots[r, region].tolist():
                     if v < spn.num_features:
                         out[:, r, region] += per_var[:, v, :, r]
         return out
@@ -190,7 +184,7 @@ class TreeReference:
             tree_mean = torch.empty(R, T, spn.num_channels, spn.num_features, dtype=DTYPE)
             for r in range(R):
                 for f in range(spn.num_features):
-                    unit = self.assign[:, spn.variable_region[r, f]]  # [T]
+                    unit = self.assign[:, spn.leaf_layer.variable_region[r, f]]  # [T]
                     tree_mean[r, :, :, f] = comp_mean[:, f, unit, r].T
             mean = posterior @ tree_mean.flatten(0, 1).flatten(1)
             mean = mean.reshape(evidence.shape)
@@ -206,13 +200,13 @@ def naive_forward(spn: RatSPN, x: torch.Tensor, max_product: bool = False) -> to
         if max_product:
             leaf_lp = component_log_prob(spn, flat, "max")
         else:
-            leaf_lp = spn.leaf.log_prob(flat)  # [N, C, F, I, R], missing → 0
+            leaf_lp = spn.leaf_layer.log_prob(flat)  # [N, C, F, I, R], missing → 0
         per_var = leaf_lp.sum(1)  # [N, F, I, R]
         R = spn.num_repetitions
         h = torch.zeros(N, R, 2**spn.depth, spn.num_leaves, dtype=DTYPE)
         for r in range(R):
             for f in range(spn.num_features):
-                h[:, r, spn.variable_region[r, f]] += per_var[:, f, :, r]
+                h[:, r, spn.leaf_layer.variable_region[r, f]] += per_var[:, f, :, r]
         for layer in spn.inner_layers:
             _, n_regions, k_out, k_in, _ = layer.logits.shape
             log_w = layer.logits.flatten(-2).log_softmax(-1).view(layer.logits.shape)
@@ -391,7 +385,7 @@ def test_conditionals(setup):
 def test_mpe(setup):
     spn, d = setup.spn, setup.dist
     evidence = setup.evidence(seed=4)
-    completion, value = d.mpe(evidence, return_log_prob=True)
+    completion, value = d.mpe_with_log_prob(evidence)
     assert completion.shape == evidence.shape and value.shape == (len(evidence),)
     observed = ~torch.isnan(evidence)
     assert torch.equal(completion[observed], evidence.to(completion.dtype)[observed])
@@ -403,18 +397,18 @@ def test_mpe(setup):
     torch.testing.assert_close(setup.ref.max_product(evidence), expected, **TIGHT)
     # the completion attains the maximum: its max-product value with full evidence is the returned one
     torch.testing.assert_close(setup.ref.max_product(completion), expected, **TIGHT)
-    _, full_value = d.mpe(completion, return_log_prob=True)
+    _, full_value = d.mpe_with_log_prob(completion)
     torch.testing.assert_close(full_value.detach(), expected, **TIGHT)
     # evidence with two batch dims gives the same, reshaped
     B = len(evidence) - len(evidence) % 2
-    c2, v2 = d.mpe(evidence[:B].reshape((2, B // 2) + evidence.shape[1:]), return_log_prob=True)
+    c2, v2 = d.mpe_with_log_prob(evidence[:B].reshape((2, B // 2) + evidence.shape[1:]))
     assert c2.shape == (2, B // 2) + evidence.shape[1:] and v2.shape == (2, B // 2)
     torch.testing.assert_close(v2.detach().flatten(), expected[:B], **TIGHT)
     torch.testing.assert_close(setup.ref.max_product(c2.flatten(0, 1)), expected[:B], **TIGHT)
     assert d.mpe(evidence).shape == evidence.shape  # without the value
     # unconditional MPE (all missing) from spn.mpe directly
     nan = torch.full((1,) + spn.event_shape, float("nan"), dtype=DTYPE)
-    c0, v0 = spn.mpe(nan)
+    c0, v0 = mpe(spn, nan)
     torch.testing.assert_close(v0.detach()[0], setup.max_tree.max(), **TIGHT)
     torch.testing.assert_close(setup.ref.max_product(c0)[0], setup.max_tree.max(), **TIGHT)
 
@@ -452,7 +446,7 @@ def test_conditional_mean(setup):
 
 
 def _grid(spn: RatSPN, n: int) -> torch.Tensor:
-    params = spn.leaf.params()
+    params = spn.leaf_layer.params()
     loc, scale = params["loc"].detach(), params["scale"].detach()
     lo = float((loc - 12 * scale).min())
     hi = float((loc + 12 * scale).max())
@@ -506,7 +500,7 @@ def test_normal_against_trees(event_shape, depth, R, K, n_leaf):
     x[1] = 2 * torch.randn(spn.event_shape, generator=g, dtype=DTYPE)
     torch.testing.assert_close(d.log_prob(x).detach(), ref.log_prob(x), **TIGHT)
     # MPE: value, kept evidence, and the completion attains the value
-    completion, value = d.mpe(x, return_log_prob=True)
+    completion, value = d.mpe_with_log_prob(x)
     observed = ~torch.isnan(x)
     assert torch.equal(completion[observed], x[observed])
     torch.testing.assert_close(value.detach(), ref.max_product(x), **TIGHT)
@@ -576,3 +570,23 @@ def test_float32_circuit_casts_data():
     out32 = spn32(x)
     assert out32.dtype == torch.float32
     torch.testing.assert_close(out32.double().detach(), spn64(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(num_features=st.integers(1, 4), depth=st.integers(1, 3), num_repetitions=st.integers(1, 3),
+       num_sums=st.integers(1, 3), num_leaves=st.integers(1, 3), seed=st.integers(0, 2**16),
+       kind=st.sampled_from(["bernoulli", "categorical", "binomial2"]))
+def test_random_circuits_normalize_and_marginalize(num_features, depth, num_repetitions, num_sums, num_leaves, seed,
+                                                   kind):
+    """Any structure (padded regions included, when 2**depth > F): the probabilities of all states sum to 1, and
+    marginalizing the last variable equals summing it out."""
+    spn = make_spn(kind, (num_features,), depth, num_repetitions, num_sums, num_leaves, seed)
+    states = all_configs(spn)
+    with torch.no_grad():
+        log_probs = spn(states)
+        assert float(log_probs.logsumexp(0)) == pytest.approx(0.0, abs=1e-9)
+        values = len(support_values(spn.leaf))
+        partial = states[::values].clone()
+        partial[:, -1] = float("nan")
+        summed = log_probs.reshape(-1, values).logsumexp(1)
+        torch.testing.assert_close(spn(partial), summed, **TIGHT)

@@ -13,7 +13,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from pyro_spn import RatSPN, SPNDistribution
-from pyro_spn.leaves import Bernoulli, Binomial, Mixed, Normal
+from pyro_spn.joint import JointSPN
+from pyro_spn.leaves import Binomial, Normal
 from pyro_spn.nets import DCGANDiscriminator, MLPDiscriminator, MLPEncoder
 from pyro_spn.objectives import (
     OBJECTIVES,
@@ -23,7 +24,6 @@ from pyro_spn.objectives import (
     LikelihoodObjective,
     MMDObjective,
     Objective,
-    build_joint_spn,
     likelihood_model,
     make_objective,
     mmd2,
@@ -245,7 +245,7 @@ def test_adversarial_on_images():
     x = torch.randint(0, 17, (8, 1, 8, 8)).float()
     assert math.isfinite(objective.auxiliary_step(d, x)["discriminator_loss"])
     objective.loss(d, x).backward()
-    assert spn.leaf.logits.grad.abs().sum() > 0
+    assert spn.leaf_layer.logits.grad.abs().sum() > 0
 
 
 # -- mmd -----------------------------------------------------------------------------------------------------
@@ -324,8 +324,6 @@ def test_hybrid_adds_the_weighted_nll_and_delegates():
     torch.manual_seed(1)
     assert float(hybrid.loss(d, x).detach()) == pytest.approx(expected, rel=1e-5)
     assert hybrid.name == "mmd+ll"
-    assert torch.equal(hybrid.log_likelihood(d, x), d.log_prob(x))
-    assert hybrid.sample(d, 3).shape == (3, 2)
     adv = HybridObjective(adversarial(discriminator_steps=2), nll_weight=1.0)
     count = [0]
     adv.base.optimizer.register_step_post_hook(lambda *_: count.__setitem__(0, count[0] + 1))
@@ -378,45 +376,39 @@ def test_bad_arguments_are_named(call, error, match):
 
 
 # -- probabilistic auto-encoding ----------------------------------------------------------------------
-def pae_setup(latent_dim: int = 2, seed: int = 0) -> tuple[AutoEncodingObjective, RatSPN]:
-    objective = AutoEncodingObjective((1, 4, 4), latent_dim, reconstruction="bce", scale=16.0)
-    spn = objective.build_spn((1, 4, 4), Binomial(total_count=16), depth=2, num_repetitions=2, num_sums=4,
-                              num_leaves=4, seed=seed)
-    return objective, spn
+def pae_setup(latent_dim: int = 2, seed: int = 0) -> tuple[AutoEncodingObjective, JointSPN]:
+    objective = AutoEncodingObjective(reconstruction="bce", scale=16.0)
+    model = JointSPN((1, 4, 4), Binomial(total_count=16), Normal(), latent_dim, depth=2, num_repetitions=2,
+                     num_sums=4, num_leaves=4, seed=seed)
+    return objective, model
 
 
-def test_joint_circuit_layout():
-    spn = build_joint_spn((1, 4, 4), 3, Bernoulli(), depth=2, num_repetitions=2, num_sums=2, num_leaves=2)
-    assert spn.event_shape == (19,)
-    assert isinstance(spn.leaf, Mixed) and spn.leaf.sizes == (16, 3)
-    assert isinstance(spn.leaf.groups[0], Bernoulli) and isinstance(spn.leaf.groups[1], Normal)
+def train_pae(objective: Objective, model: JointSPN, x: torch.Tensor, steps: int) -> list[float]:
+    """Adam steps on random batches of ``x`` through the joint's soft decoder; the losses."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(steps):
+        loss = objective.loss(model.distribution(temperature=0.5, hard=False), x[torch.randint(0, x.shape[0], (64,))])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
-def test_pae_shapes():
-    objective, spn = pae_setup(latent_dim=3)
-    d = SPNDistribution(spn, temperature=0.5, hard=False)
+def test_pae_scores_the_decoded_encoding():
+    objective, model = pae_setup(latent_dim=3)
+    d = model.distribution(temperature=0.5, hard=True)
     x = small_digits()[:5]
-    z = objective.encode(d, x)
-    assert z.shape == (5, 3) and torch.isfinite(z).all()
-    assert objective.decode(d, z).shape == (5, 1, 4, 4)
-    assert objective.reconstruct(d, x).shape == (5, 1, 4, 4)
-    assert objective.sample(d, 7).shape == (7, 1, 4, 4)
-    log_likelihood = objective.log_likelihood(d, x)
-    assert log_likelihood.shape == (5,) and torch.isfinite(log_likelihood).all()
-    evidence = torch.cat([x.reshape(5, -1), torch.full((5, 3), NAN)], dim=1)
-    assert torch.allclose(log_likelihood, d.log_prob(evidence))
-
-
-def test_pae_encoding_is_the_mpe_of_the_latents():
-    objective, spn = pae_setup()
-    d = SPNDistribution(spn)
-    x = small_digits()[:4]
-    evidence = torch.cat([x.reshape(4, -1), torch.full((4, 2), NAN)], dim=1)
-    assert torch.equal(objective.encode(d, x), d.mpe(evidence)[:, 16:])
+    torch.manual_seed(3)
+    loss = objective.loss(d, x)
+    torch.manual_seed(3)
+    expected = objective.reconstruction_error(d.decode(d.encode(x)), x).mean()
+    assert torch.equal(loss, expected)
 
 
 def test_pae_bce_is_finite_at_the_pixel_bounds_and_matches_the_definition():
-    objective = AutoEncodingObjective((1, 2, 2), 1, scale=16.0)
+    objective = AutoEncodingObjective(scale=16.0)
     x = torch.tensor([16.0, 0.0, 8.0, 4.0]).reshape(1, 1, 2, 2)
     x_hat = torch.tensor([[0.0, 16.0, 4.0, 4.0]], requires_grad=True)  # two pixels wrong at the bounds
     error = objective.reconstruction_error(x_hat.reshape(1, 1, 2, 2), x)
@@ -433,36 +425,30 @@ def test_pae_bce_is_finite_at_the_pixel_bounds_and_matches_the_definition():
 
 def test_pae_loss_decreases_and_reaches_latents_leaves_and_weights():
     x = small_digits()
-    objective, spn = pae_setup()
-    d = SPNDistribution(spn, temperature=0.5, hard=False)
-    objective.loss(d, x[:32]).backward()
-    for name, p in spn.named_parameters():
+    objective, model = pae_setup()
+    objective.loss(model.distribution(temperature=0.5, hard=False), x[:32]).backward()
+    for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    assert spn.leaf.groups[1].loc.grad.abs().sum() > 0  # through the encoding z
-    assert spn.leaf.groups[0].logits.grad.abs().sum() > 0
-    assert all(layer.logits.grad.abs().sum() > 0 for layer in spn.inner_layers)
-    losses = train(objective, spn, x, 40)
+    layer = model.spn.leaf_layer
+    assert layer.g1_loc.grad.abs().sum() > 0  # through the encoding z
+    assert layer.g0_logits.grad.abs().sum() > 0
+    assert all(layer.logits.grad.abs().sum() > 0 for layer in model.spn.inner_layers)
+    losses = train_pae(objective, model, x, 40)
     assert mean(losses[-5:]) < 0.85 * mean(losses[:5])
 
 
 def test_pae_mse_for_real_valued_data():
-    objective = AutoEncodingObjective((2,), 1, reconstruction="mse")
-    spn = objective.build_spn((2,), Normal(), depth=1, num_repetitions=2, num_sums=4, num_leaves=4)
-    losses = train(objective, spn, two_clusters(), 40)
+    objective = AutoEncodingObjective(reconstruction="mse")
+    model = JointSPN((2,), Normal(), Normal(), 1, depth=1, num_repetitions=2, num_sums=4, num_leaves=4)
+    losses = train_pae(objective, model, two_clusters(), 40)
     assert all(math.isfinite(v) for v in losses)
     assert mean(losses[-5:]) < mean(losses[:5])
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda o, d: o.encode(d, torch.zeros(2, 1, 4, 5)), "x: expected shape"),
-    (lambda o, d: o.decode(d, torch.zeros(2, 3)), "z: expected shape"),
-    (lambda o, d: o.encode(SPNDistribution(small_spn()), torch.zeros(2, 1, 4, 4)), "d: expected a distribution"),
-    (lambda o, d: o.build_spn((1, 8, 8), Binomial(16), depth=1, num_repetitions=1, num_sums=1, num_leaves=1),
-     "event_shape"),
-    (lambda o, d: AutoEncodingObjective((2,), 1, reconstruction="l1"), "reconstruction"),
-    (lambda o, d: AutoEncodingObjective((2,), 0), "latent_dim"),
-])
-def test_pae_errors(call, match):
-    objective, spn = pae_setup()
-    with pytest.raises(ValueError, match=match):
-        call(objective, SPNDistribution(spn))
+def test_pae_errors():
+    with pytest.raises(ValueError, match="reconstruction"):
+        AutoEncodingObjective(reconstruction="l1")
+    with pytest.raises(ValueError, match="scale"):
+        AutoEncodingObjective(scale=0.0)
+    with pytest.raises(TypeError, match="encode and decode"):
+        AutoEncodingObjective().loss(SPNDistribution(small_spn()), two_clusters(4))

@@ -274,8 +274,8 @@ def test_spn_guide_captures_bimodal_posterior_better_than_autonormal():
 
         spn = RatSPN(2, depth=1, num_repetitions=2, num_sums=4, num_leaves=4, leaf=Normal(), seed=0)
         with torch.no_grad():
-            spn.leaf.loc.copy_(torch.linspace(-1.5, 1.5, 4).view(1, 1, 4, 1).expand_as(spn.leaf.loc))
-            spn.leaf.raw_scale.fill_(math.log(math.expm1(0.1)))
+            spn.leaf_layer.loc.copy_(torch.linspace(-1.5, 1.5, 4).view(1, 1, 4, 1).expand_as(spn.leaf_layer.loc))
+            spn.leaf_layer.raw_scale.fill_(math.log(math.expm1(0.1)))
 
         def spn_guide():
             pyro.module("spn", spn)
@@ -322,7 +322,7 @@ def test_straight_through_gradient_of_a_linear_objective_matches_exact_gradient(
     def grads(loss):
         spn.zero_grad()
         loss.backward()
-        return {n: p.grad.clone() for n, p in spn.named_parameters() if n != "leaf.raw_scale"}
+        return {n: p.grad.clone() for n, p in spn.named_parameters() if n != "leaf_layer.raw_scale"}
 
     exact = grads((SPNDistribution(spn).mean * a).sum())
     torch.manual_seed(0)
@@ -407,7 +407,7 @@ def test_conditioned_distribution_in_plate():
     r = c.rsample((2,))
     assert r.shape == (2, 6, F)
     r[:, missing].sum().backward()
-    assert spn.leaf.loc.grad is not None and spn.leaf.loc.grad.abs().sum() > 0
+    assert spn.leaf_layer.loc.grad is not None and spn.leaf_layer.loc.grad.abs().sum() > 0
 
 
 def test_conditioned_distribution_is_normalized():

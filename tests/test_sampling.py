@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 import torch
+from conftest import goodness_of_fit
 from scipy import stats
 
 from pyro_spn import RatSPN, SPNDistribution
+from pyro_spn.gumbel import conditional_gumbel, gumbel_like
 from pyro_spn.leaves import Bernoulli, Binomial, Categorical, Normal
-from pyro_spn.sampling import ONE_HOT_RULES, RULES, conditional_gumbel, gumbel_like, select
+from pyro_spn.sampling import ONE_HOT_RULES, RULES, select
+from pyro_spn.sampling.leaf_values import leaf_values
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -41,9 +43,9 @@ def make_spn(leaf, depth=2, reps=3, sums=3, leaves=2, seed=0, num_features=3) ->
         for layer in spn.inner_layers:
             layer.logits.mul_(3.0)
         if isinstance(spn.leaf, Normal):
-            spn.leaf.loc.mul_(2.0)
+            spn.leaf_layer.loc.mul_(2.0)
         else:
-            spn.leaf.logits.mul_(3.0)
+            spn.leaf_layer.logits.mul_(3.0)
     return spn
 
 
@@ -59,32 +61,14 @@ def config_index(x: torch.Tensor, values) -> torch.Tensor:
     return (x.long() * weights).sum(-1)
 
 
-def chi_square_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
-    """Pearson chi-square p-value, pooling bins with expected count < 5."""
-    n = counts.sum()
-    assert abs(probs.sum() - 1) < 1e-4, probs.sum()
-    impossible = probs <= 0
-    assert counts[impossible].sum() == 0, "draws of probability zero"
-    counts, probs = counts[~impossible], probs[~impossible]
-    expected = probs * n
-    keep = expected >= 5
-    obs, exp = list(counts[keep]), list(expected[keep])
-    if (~keep).any():
-        obs.append(counts[~keep].sum())
-        exp.append(expected[~keep].sum())
-    obs, exp = np.asarray(obs, dtype=float), np.asarray(exp, dtype=float)
-    stat = ((obs - exp) ** 2 / exp).sum()
-    return float(stats.chi2.sf(stat, len(obs) - 1))
-
-
 def assert_fits(draws: torch.Tensor, values, probs: torch.Tensor) -> None:
     """``draws [n, F]`` (exact values in ``values``) against ``probs`` over :func:`configurations`."""
     draws = draws.detach()
     assert (draws == draws.round()).all()
     assert torch.isin(draws, torch.tensor(values)).all()
-    counts = torch.bincount(config_index(draws, values), minlength=len(probs)).double().numpy()
+    counts = torch.bincount(config_index(draws, values), minlength=len(probs))
     assert len(counts) == len(probs)
-    assert chi_square_pvalue(counts, probs.double().numpy()) > 1e-3
+    assert goodness_of_fit(counts, probs) > 1e-3
 
 
 def joint_probs(spn: RatSPN, values) -> torch.Tensor:
@@ -148,18 +132,18 @@ LOGITS = torch.tensor([[1.0, -0.5, 0.3, -2.0], [0.0, 2.0, -1.0, 0.5]])
 def test_select_hard_frequencies_follow_softmax():
     torch.manual_seed(0)
     n = 40000
-    sel = select(LOGITS.expand(n, 2, 4), "hard")
+    sel = select(LOGITS.expand(n, 2, 4), "exact")
     assert sel.shape == (n, 2, 4)
     assert ((sel == 0) | (sel == 1)).all() and (sel.sum(-1) == 1).all()
-    counts = sel.sum(0).double().numpy()
-    probs = LOGITS.softmax(-1).double().numpy()
+    counts = sel.sum(0)
+    probs = LOGITS.softmax(-1)
     for row in range(2):
-        assert chi_square_pvalue(counts[row], probs[row]) > 1e-3
+        assert goodness_of_fit(counts[row], probs[row]) > 1e-3
     # the temperature does not change exact draws
     torch.manual_seed(1)
-    a = select(LOGITS.expand(1000, 2, 4), "hard", 1.0)
+    a = select(LOGITS.expand(1000, 2, 4), "exact", 1.0)
     torch.manual_seed(1)
-    b = select(LOGITS.expand(1000, 2, 4), "hard", 0.01)
+    b = select(LOGITS.expand(1000, 2, 4), "exact", 0.01)
     assert torch.equal(a, b)
 
 
@@ -172,7 +156,7 @@ def test_select_uses_gumbel_noise_and_temperature_divides():
         soft = select(logits, "soft", tau)
         torch.testing.assert_close(soft, ((logits + g) / tau).softmax(-1))
         torch.manual_seed(2)
-        hard = select(logits, "hard")
+        hard = select(logits, "exact")
         assert torch.equal(hard, torch.nn.functional.one_hot((logits + g).argmax(-1), 4).float())
     # dividing differs from multiplying
     torch.manual_seed(2)
@@ -203,7 +187,7 @@ def test_select_soft_rows_on_simplex():
 def test_select_small_temperature_soft_equals_hard_with_the_same_noise():
     logits = LOGITS.expand(5000, 2, 4)
     torch.manual_seed(5)
-    hard = select(logits, "hard")
+    hard = select(logits, "exact")
     torch.manual_seed(5)
     soft = select(logits, "soft", 1e-3)
     assert torch.equal(soft.argmax(-1), hard.argmax(-1))
@@ -225,7 +209,7 @@ def test_select_straight_through_forward_is_hard_gradient_is_soft(tau):
     (g_st,) = torch.autograd.grad((w * st).sum(), [logits])
 
     torch.manual_seed(7)
-    hard = select(base, "hard")
+    hard = select(base, "exact")
     assert torch.equal(st.detach(), hard)  # exactly one-hot, bit for bit
     assert ((st == 0) | (st == 1)).all()
     assert (st.sum(-1) == 1).all()
@@ -326,7 +310,7 @@ def test_circuit_sampler_fits_with_two_channels():
     """event_shape (C, H, W) = (2, 1, 2): a leaf component is a product over its channels."""
     spn = RatSPN((2, 1, 2), depth=1, num_repetitions=2, num_sums=2, num_leaves=2, leaf=Bernoulli(), seed=4)
     with torch.no_grad():
-        spn.leaf.logits.mul_(4.0)
+        spn.leaf_layer.logits.mul_(4.0)
         spn.root.logits.copy_(torch.tensor([0.8, -0.8]))
     configs = configurations([0.0, 1.0], 4)
     probs = spn(configs.reshape(-1, 2, 1, 2)).exp().detach()
@@ -430,7 +414,7 @@ def test_soft_rsample_gradient_matches_finite_differences(leaf_name, interpolati
 
     tau = torch.tensor(0.8, dtype=torch.double, requires_grad=True)
     targets = [tau, spn.root.logits, spn.inner_layers[0].logits, spn.inner_layers[1].logits]
-    targets += list(spn.leaf.parameters())
+    targets += list(spn.leaf_layer.parameters())
     grads = torch.autograd.grad(f(tau), targets)
     h = 1e-6
     with torch.no_grad():
@@ -453,12 +437,12 @@ def test_straight_through_gradient_of_linear_function_is_unbiased_for_leaf_means
     spn = make_spn(Normal(), 2, 3, 3, 2, seed=9)
     c = torch.tensor([1.5, -0.7, 0.4])
     d = SPNDistribution(spn, temperature=0.8, hard=True, interpolation=interpolation)
-    (exact,) = torch.autograd.grad((c * d.mean).sum(), [spn.leaf.loc])
+    (exact,) = torch.autograd.grad((c * d.mean).sum(), [spn.leaf_layer.loc])
 
     n = 40000
     torch.manual_seed(19)
     x = d.rsample((n,))
-    (mc,) = torch.autograd.grad((c * x).sum() / n, [spn.leaf.loc])
+    (mc,) = torch.autograd.grad((c * x).sum() / n, [spn.leaf_layer.loc])
     # per component: c_v * (fraction of samples whose variable v came from that component)
     cv = c.reshape(1, 3, 1, 1).expand_as(exact)
     pi = exact / cv
@@ -476,18 +460,18 @@ def test_straight_through_leaf_gradient_is_the_coupled_relaxation(interpolation)
     for every other component)."""
     spn = make_spn(Normal(), 2, 3, 3, 2, seed=14)
     d = SPNDistribution(spn, temperature=0.8, hard=True, interpolation=interpolation)
-    scale = spn.leaf.params()["scale"].detach()
-    loc = spn.leaf.loc.detach()
+    scale = spn.leaf_layer.params()["scale"].detach()
+    loc = spn.leaf_layer.loc.detach()
     torch.manual_seed(23)
     for _ in range(10):
         x = d.rsample((1,))[0]
         for v in range(3):
-            g_loc, g_raw = torch.autograd.grad(x[v], [spn.leaf.loc, spn.leaf.raw_scale], retain_graph=True)
+            g_loc, g_raw = torch.autograd.grad(x[v], [spn.leaf_layer.loc, spn.leaf_layer.raw_scale], retain_graph=True)
             selected = g_loc != 0
             assert selected.sum() == 1 and g_loc[selected].item() == 1.0
             assert selected[0, v].any()  # a component of variable v
             eps = (x[v].detach() - loc[selected]) / scale[selected]
-            slope = torch.sigmoid(spn.leaf.raw_scale.detach()[selected])  # d scale / d raw_scale
+            slope = torch.sigmoid(spn.leaf_layer.raw_scale.detach()[selected])  # d scale / d raw_scale
             torch.testing.assert_close(g_raw[selected], eps * slope, rtol=1e-4, atol=1e-5)
             assert (g_raw[~selected] == 0).all()
 
@@ -525,8 +509,8 @@ def test_straight_through_unit_sampler_is_the_per_unit_estimator_in_law():
     d = SPNDistribution(spn, temperature=tau, hard=True, interpolation="unit")
     ours = batch_grads(lambda: d.rsample((n,)))
     torch.manual_seed(26)
-    ref = batch_grads(lambda: spn.leaf_values(_reference_straight_through_selection(spn, n, tau),
-                                               "straight_through", tau).reshape(n, 3))
+    ref = batch_grads(lambda: leaf_values(spn.leaf_layer, _reference_straight_through_selection(spn, n, tau),
+                                          "straight_through", tau).reshape(n, 3))
     diff = ours.mean(0) - ref.mean(0)
     se = ((ours.var(0) + ref.var(0)) / batches).sqrt()
     assert (ref.mean(0).abs() > 10 * se).sum() >= 10  # the check is informative

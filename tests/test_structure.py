@@ -177,15 +177,11 @@ def _spn(event_shape=6, leaf=_DEFAULT, **overrides):
 
 
 @pytest.mark.parametrize("name", ["depth", "num_repetitions", "num_sums", "num_leaves"])
-@pytest.mark.parametrize("bad", [0, -2, 2.0, True, None, "3"])
-def test_bad_hyperparameters(name, bad):
-    leaf = Bernoulli()
-    with pytest.raises(ValueError, match=name):
-        _spn(leaf=leaf, **{name: bad})
-    # a failed construction does not consume the leaf
-    assert leaf.shape is None
-    spn = _spn(leaf=leaf)
-    assert spn.leaf is leaf
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError),
+                                       (None, TypeError), ("3", TypeError)])
+def test_bad_hyperparameters(name, bad, error):
+    with pytest.raises(error, match=name):
+        _spn(**{name: bad})
 
 
 @pytest.mark.parametrize("bad", [nn.Linear(2, 2), "Bernoulli", Bernoulli, None, torch.distributions.Bernoulli(0.5)])
@@ -194,16 +190,28 @@ def test_non_leaf_is_type_error(bad):
         _spn(leaf=bad)
 
 
-def test_reusing_a_leaf_is_rejected():
+def test_a_leaf_spec_is_reusable():
     leaf = Binomial(total_count=3)
     first = _spn(leaf=leaf)
-    with pytest.raises(ValueError, match="leaf"):
-        _spn(leaf=leaf)
-    with pytest.raises(ValueError, match="leaf"):
-        RatSPN((2, 3), depth=1, num_repetitions=1, num_sums=1, num_leaves=1, leaf=leaf)
-    # the first circuit is intact and still owns the leaf's parameters
-    assert first.leaf is leaf and leaf.shape == (1, 6, 2, 2)
-    assert first(torch.zeros(2, 6)).shape == (2,)
+    second = RatSPN((2, 3), depth=1, num_repetitions=1, num_sums=1, num_leaves=1, leaf=leaf)
+    assert first.leaf is leaf and second.leaf is leaf
+    assert first.leaf_layer.shape == (1, 6, 2, 2) and second.leaf_layer.shape == (1, 6, 1, 1)
+    assert first(torch.zeros(2, 6)).shape == (2,) and second(torch.zeros(2, 2, 3)).shape == (2,)
+
+
+def test_num_parameters_is_arithmetic():
+    for leaf in (Bernoulli(), Normal(), Binomial(total_count=3)):
+        spn = RatSPN((2, 3, 3), depth=3, num_repetitions=3, num_sums=4, num_leaves=5, leaf=leaf)
+        expected = sum(p.numel() for p in spn.parameters())
+        assert RatSPN.num_parameters((2, 3, 3), depth=3, num_repetitions=3, num_sums=4, num_leaves=5,
+                                     leaf=leaf) == expected
+
+
+def test_too_large_circuits_are_refused_up_front():
+    with pytest.raises(ValueError, match="parameters"):
+        _spn(num_repetitions=10**9)
+    with pytest.raises(ValueError, match="depth"):
+        _spn(depth=10**20)
 
 
 @pytest.mark.parametrize(
@@ -227,11 +235,11 @@ def test_event_shape_handling(event_shape, normalized, C, F, leaf_cls):
     spn = RatSPN(event_shape, depth=2, num_repetitions=3, num_sums=2, num_leaves=4, leaf=leaf, seed=1)
     assert spn.event_shape == normalized
     assert spn.num_channels == C and spn.num_features == F
-    assert leaf.shape == (C, F, 4, 3)
-    for p in leaf.params().values():
+    assert spn.leaf_layer.shape == (C, F, 4, 3)
+    for p in spn.leaf_layer.params().values():
         assert tuple(p.shape[:4]) == (C, F, 4, 3)
-    assert spn.leaf_slots.shape == (3, 4, math.ceil(F / 4))
-    assert spn.variable_region.shape == (3, F)
+    assert spn.leaf_layer.leaf_slots.shape == (3, 4, math.ceil(F / 4))
+    assert spn.leaf_layer.variable_region.shape == (3, F)
     x = torch.zeros((5,) + normalized)
     assert spn.flatten_data(x).shape == (5, C, F)
     assert spn(x).shape == (5,)
@@ -255,10 +263,10 @@ def test_flatten_data_layout():
 def test_region_graph_buffers_match_structure():
     spn = RatSPN(11, depth=3, num_repetitions=4, num_sums=2, num_leaves=2, leaf=Bernoulli(), seed=17)
     trees = random_binary_trees(11, 3, 4, seed=17)
-    assert torch.equal(spn.leaf_slots, trees.leaf_slots)
-    assert torch.equal(spn.variable_region, trees.variable_region)
+    assert torch.equal(spn.leaf_layer.leaf_slots, trees.leaf_slots)
+    assert torch.equal(spn.leaf_layer.variable_region, trees.variable_region)
     buffers = dict(spn.named_buffers())
-    assert "leaf_slots" in buffers and "variable_region" in buffers
+    assert "leaf_layer.leaf_slots" in buffers and "leaf_layer.variable_region" in buffers
 
 
 def test_seed_reproducible_parameters():
@@ -273,18 +281,18 @@ def test_seed_reproducible_parameters():
 
 @pytest.mark.parametrize(
     "bad",
-    [0, -1, (), (0,), (3, 0), (2, -1, 3), (1, 2, 3, 4), (2.0,), (2, 3.0), True, (True, 2), "abc", [[2]]],
+    [0, -1, (), (0,), (3, 0), (2, -1, 3), (1, 2, 3, 4)],
 )
 def test_bad_event_shape(bad):
     with pytest.raises(ValueError, match="event_shape"):
         _spn(event_shape=bad)
 
 
-@pytest.mark.parametrize("bad", [6.0, None, object()])
-def test_non_iterable_bad_event_shape(bad):
-    """A scalar that is not an int is as bad as ``(6.0,)``: the same ValueError naming event_shape
-    (not a bare ``TypeError: 'float' object is not iterable`` from ``tuple(event_shape)``)."""
-    with pytest.raises(ValueError, match="event_shape"):
+@pytest.mark.parametrize("bad", [6.0, None, object(), (2.0,), (2, 3.0), True, (True, 2), "abc", [[2]]])
+def test_event_shape_of_the_wrong_type(bad):
+    """Not an int nor a sequence of ints: a TypeError naming event_shape (not a bare ``'float' object is not
+    iterable`` from ``tuple(event_shape)``)."""
+    with pytest.raises(TypeError, match="event_shape"):
         _spn(event_shape=bad)
 
 

@@ -4,12 +4,16 @@ losses, checkpoints and pictures (tiny circuits on the 8 × 8 digits, a few batc
 import copy
 import dataclasses
 import json
+import math
 
 import h5py
 import pytest
 import torch
 from PIL import Image
 
+from pyro_spn import SPNDistribution
+from pyro_spn.joint import JointSPN, MarginalSPNDistribution
+from pyro_spn.leaves import Binomial
 from pyro_spn.objectives import AutoEncodingObjective, HybridObjective
 from pyro_spn.train import CheckpointError, NonFiniteLossError, TrainConfig, Trainer
 from pyro_spn.train.checkpoint import load_checkpoint
@@ -38,22 +42,24 @@ def metrics(run) -> list[dict]:
 
 
 # -- config ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("field, value, accepted", [
-    ("objective", "gan", "ll, adv, mmd, pae"),
-    ("dataset", "imagenet", "digits"),
-    ("temperature", "cold", "constant, annealed, learned"),
-    ("interpolation", "pixel", "unit, region"),
-    ("device", "tpu", "auto, cpu, cuda"),
-    ("lr", -0.1, "> 0"),
-    ("lr", float("nan"), "> 0"),
-    ("batch_size", 0, ">= 1"),
-    ("depth", 0, ">= 1"),
-    ("nll_weight", -1.0, ">= 0"),
-    ("straight_through", "yes", "true or false"),
-    ("max_batches_per_epoch", 0, ">= 1"),
+@pytest.mark.parametrize("field, value, accepted, error_type", [
+    ("objective", "gan", "ll, adv, mmd, pae", ValueError),
+    ("dataset", "imagenet", "digits", ValueError),
+    ("temperature", "cold", "constant, annealed, learned", ValueError),
+    ("interpolation", "pixel", "unit, region", ValueError),
+    ("device", "tpu", "auto, cpu, cuda", ValueError),
+    ("lr", -0.1, "> 0", ValueError),
+    ("lr", float("nan"), "> 0", ValueError),
+    ("lr", "fast", "> 0", TypeError),
+    ("batch_size", 0, ">= 1", ValueError),
+    ("batch_size", 2.0, ">= 1", TypeError),
+    ("depth", 0, "in [1, 30]", ValueError),
+    ("nll_weight", -1.0, ">= 0", ValueError),
+    ("hard", "yes", "True or False", TypeError),
+    ("max_batches_per_epoch", 0, ">= 1", ValueError),
 ])
-def test_validate_names_the_field_and_accepted_values(field, value, accepted):
-    with pytest.raises(ValueError, match=field) as error:
+def test_validate_names_the_field_and_accepted_values(field, value, accepted, error_type):
+    with pytest.raises(error_type, match=field) as error:
         dataclasses.replace(TrainConfig(), **{field: value}).validate()
     assert accepted in str(error.value)
 
@@ -75,6 +81,21 @@ def test_config_json_round_trip_and_errors():
         TrainConfig.from_json("{")
 
 
+def test_model_defaults_are_the_configs_not_the_clis():
+    assert (TrainConfig().objective, TrainConfig().lr) == ("ll", 1e-2)
+    assert (TrainConfig(model="vae").objective, TrainConfig(model="vae").lr) == ("ll", 1e-3)
+    assert (TrainConfig(model="gan").objective, TrainConfig(model="gan").lr) == ("adv", 2e-4)
+    assert (TrainConfig(model="mmd-gan").objective, TrainConfig(model="mmd-gan", lr=0.1).lr) == ("mmd", 0.1)
+    TrainConfig(model="gan").validate()
+
+
+def test_configs_of_earlier_versions_load():
+    values = json.loads(TrainConfig().to_json())
+    values["straight_through"] = values.pop("hard")
+    values["straight_through"] = True
+    assert TrainConfig.from_json(json.dumps(values)).hard is True
+
+
 def test_default_run_dir_and_auto_depth():
     assert str(TrainConfig(objective="adv", dataset="mnist", seed=3).run_dir) == "runs/adv-mnist-seed3"
     assert auto_depth((1, 8, 8)) == 4 and auto_depth((3, 4, 4)) == 4 and auto_depth((1, 2, 4)) == 3
@@ -94,11 +115,16 @@ def test_epoch_batches_are_a_pure_function_of_seed_and_epoch():
 
 
 def test_model_build_per_objective():
-    info = DataInfo("digits", (1, 8, 8), "binomial", 16, True)
+    info = DataInfo("digits", (1, 8, 8), Binomial(total_count=16), True, 10)
     config = TrainConfig(depth=2, num_repetitions=2, num_sums=2, num_leaves=2, latent_dim=3)
     assert Model.build(config, info).spn.event_shape == (1, 8, 8)
     pae = Model.build(dataclasses.replace(config, objective="pae"), info)
     assert isinstance(pae.objective, AutoEncodingObjective) and pae.spn.event_shape == (64 + 3,)
+    assert isinstance(pae.network, JointSPN) and pae.can_reconstruct
+    labelled = Model.build(dataclasses.replace(config, class_conditional=True), info)
+    assert isinstance(labelled.network, JointSPN) and labelled.spn.event_shape == (64 + 1,)
+    assert isinstance(labelled.distribution(), SPNDistribution)  # the joint, for -log p(x, y)
+    assert isinstance(labelled.data_distribution(), MarginalSPNDistribution)  # the data, for log p(x)
     hybrid = Model.build(dataclasses.replace(config, objective="mmd", nll_weight=0.5), info)
     assert isinstance(hybrid.objective, HybridObjective) and hybrid.objective.nll_weight == 0.5
     learned = Model.build(dataclasses.replace(config, temperature="learned"), info)
@@ -136,6 +162,24 @@ def test_fit_writes_the_run_folder(tmp_path):
         assert file["samples"].shape == (8, 1, 8, 8) and file["model_samples"].shape == (8, 1, 8, 8)
         assert 0 <= file["samples"][()].min() and file["samples"][()].max() <= 1
         assert dict(file.attrs) == {"objective": "adv", "dataset": "digits", "epoch": 2, "leaf": "binomial"}
+
+
+def test_class_conditional_run_goes_through_the_one_trainer(tmp_path):
+    config = tiny(tmp_path, class_conditional=True, epochs=1)
+    records = Trainer(config, progress=False).fit()
+    run = tmp_path / "run"
+    assert math.isfinite(records[0]["train_loss"]) and math.isfinite(records[0]["val_nll"])
+    assert records[0]["train_loss"] > records[0]["val_nll"] - 30  # -log p(x, y) is about -log p(x) + log 10
+    with Image.open(run / "samples_epoch001.png") as picture:
+        assert picture.size == (10 * 34 + 2, 10 * 34 + 2)  # a row of 10 samples per class
+    saved = SavedRun.load(run, device="cpu")
+    assert saved.model.class_conditional and saved.info.num_classes == 10
+    samples = saved.model.sample_given(torch.tensor([3, 7]))
+    assert samples.shape == (2, 1, 8, 8) and bool(((samples >= 0) & (samples <= 16)).all())
+    with pytest.raises(ValueError, match="class_conditional needs model spn and objective ll"):
+        TrainConfig(class_conditional=True, objective="adv").validate()
+    with pytest.raises(ValueError, match="no class labels"):
+        Model.build(TrainConfig(class_conditional=True), DataInfo("x", (2,), Binomial(total_count=2), False))
 
 
 def test_annealed_temperature_decreases_over_epochs(tmp_path):

@@ -6,7 +6,7 @@ Modules: :mod:`.synthetic` (2-D sets and their exact densities), :mod:`.images` 
 :mod:`.loading` (``load_dataset``).
 """
 
-from .dataset import Dataset, DatasetNotFoundError
+from .dataset import Dataset, DatasetNotFoundError, model_scale
 from .images import IMAGE_DATASETS
 from .loading import DATASETS, LEAVES, load_dataset
 from .preprocessing import Binarize, Counts, Identity, Preprocessing, Standardize
@@ -26,4 +26,5 @@ __all__ = [
     "Preprocessing",
     "Standardize",
     "load_dataset",
+    "model_scale",
 ]

@@ -7,20 +7,20 @@ The cache holds the data set's own splits as :func:`pyro_spn.data.images.decode`
     /<split>/labels   int64 [N]            (absent for data sets without labels)
     attrs: format_version, name
 
-Files are written to a temporary file in the cache folder and renamed over the target (``os.replace``), so
-a reader never sees a partial file, and concurrent writers (e.g. several DDP ranks) are harmless.
+Files are written atomically (:mod:`pyro_spn.atomic`), so a reader never sees a partial file, and concurrent
+writers (e.g. several DDP ranks) are harmless.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import h5py
 import torch
 
+from .. import atomic
 from .images import RawSplit
 
 FORMAT_VERSION = 1
@@ -52,12 +52,7 @@ def read_cache(path: Path, name: str) -> dict[str, RawSplit] | None:
 
 def write_cache(path: Path, name: str, splits: dict[str, RawSplit]) -> None:
     """Writes ``splits`` to ``path`` atomically; a failure (read-only folder, full disk) only warns."""
-    temp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
+    def write(temp: Path) -> None:
         with h5py.File(temp, "w") as file:
             file.attrs["format_version"] = FORMAT_VERSION
             file.attrs["name"] = name
@@ -66,8 +61,8 @@ def write_cache(path: Path, name: str, splits: dict[str, RawSplit]) -> None:
                 group.create_dataset("images", data=images.numpy())
                 if labels is not None:
                     group.create_dataset("labels", data=labels.numpy())
-        os.replace(temp, path)
+
+    try:
+        atomic.write_atomically(path, write)
     except OSError as error:
         warnings.warn(f"could not write the cache file {path}: {error}", stacklevel=3)
-        if temp is not None and os.path.exists(temp):
-            os.remove(temp)

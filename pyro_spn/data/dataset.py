@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..leaves import Binomial, Leaf
 from .preprocessing import Preprocessing
 
 
@@ -15,6 +16,12 @@ class DatasetNotFoundError(FileNotFoundError):
 
     The message says where the loader looked and how to get the data.
     """
+
+
+def model_scale(leaf: Leaf) -> float:
+    """Model-space data of leaf family ``leaf`` divided by it are pixels in ``[0, 1]`` (images): the Binomial
+    ``total_count``, 1 for the other families (Bernoulli data are ``{0, 1}``, standardized data stay as they are)."""
+    return float(leaf.total_count) if isinstance(leaf, Binomial) else 1.0
 
 
 @dataclass
@@ -27,8 +34,8 @@ class Dataset:
         train_labels, val_labels, test_labels: ``[N]`` long class labels (mixture component, moon or circle
             index for 2-D sets), or ``None`` where the data set has none (CelebA).
         event_shape: ``(C, H, W)`` for images, ``(2,)`` for 2-D sets.
-        leaf: ``"binomial"``, ``"normal"`` or ``"bernoulli"``: the leaf type the preprocessing targets.
-        total_count: the Binomial ``N`` (255 for 8-bit images, 16 for digits) for ``leaf="binomial"``, else ``None``.
+        leaf: the leaf family the preprocessing targets: ``Binomial(total_count=N)`` (``N`` = 255 for 8-bit
+            images, 16 for digits), ``Normal()`` or ``Bernoulli()``.
         is_image: whether the data are images.
         preprocessing: maps raw data to model space (``forward``) and back (``inverse``: images to ``[0, 1]``,
             2-D points to raw coordinates); ``preprocessing.state_dict()`` goes into checkpoints.
@@ -48,8 +55,7 @@ class Dataset:
     val_labels: Tensor | None
     test_labels: Tensor | None
     event_shape: tuple[int, ...]
-    leaf: str
-    total_count: int | None
+    leaf: Leaf
     is_image: bool
     preprocessing: Preprocessing
     true_log_density: Callable[[Tensor], Tensor] | None = None
@@ -57,3 +63,8 @@ class Dataset:
     mode_scales: Tensor | None = None
     mode_covariances: Tensor | None = None
     mode_weights: Tensor | None = None
+
+    @property
+    def scale(self) -> float:
+        """:func:`model_scale` of the data's leaf family: model-space images divided by it lie in ``[0, 1]``."""
+        return model_scale(self.leaf)

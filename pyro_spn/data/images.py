@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -103,9 +104,9 @@ def _digits() -> dict[str, RawSplit]:
 def _mnist(root: Path, download: bool) -> dict[str, RawSplit]:
     from torchvision.datasets import MNIST
 
-    splits = {}
+    splits: dict[str, RawSplit] = {}
     for split in ("train", "test"):
-        data = _torchvision("mnist", root, download, lambda s=split: MNIST(root, train=s == "train", download=download))
+        data = _torchvision("mnist", root, download, partial(MNIST, root, train=split == "train", download=download))
         splits[split] = (data.data.unsqueeze(1).contiguous(), data.targets.to(torch.long))
     return splits
 
@@ -113,10 +114,10 @@ def _mnist(root: Path, download: bool) -> dict[str, RawSplit]:
 def _cifar10(root: Path, download: bool) -> dict[str, RawSplit]:
     from torchvision.datasets import CIFAR10
 
-    splits = {}
+    splits: dict[str, RawSplit] = {}
     for split in ("train", "test"):
         data = _torchvision("cifar10", root, download,
-                            lambda s=split: CIFAR10(root, train=s == "train", download=download))
+                            partial(CIFAR10, root, train=split == "train", download=download))
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # HWC → CHW
         splits[split] = (images, torch.tensor(data.targets, dtype=torch.long))
     return splits
@@ -125,10 +126,10 @@ def _cifar10(root: Path, download: bool) -> dict[str, RawSplit]:
 def _svhn(root: Path, download: bool) -> dict[str, RawSplit]:
     from torchvision.datasets import SVHN
 
-    splits = {}
+    splits: dict[str, RawSplit] = {}
     for split in ("train", "test"):
-        data = _torchvision("svhn", root, download,
-                            lambda s=split: SVHN(root / SPECS["svhn"].folder, split=s, download=download))
+        data = _torchvision("svhn", root, download, partial(SVHN, root / SPECS["svhn"].folder, split=split,
+                                                            download=download))
         splits[split] = (torch.from_numpy(data.data).contiguous(), torch.from_numpy(data.labels).to(torch.long))
     return splits
 
@@ -145,10 +146,10 @@ def _celeba(root: Path, download: bool) -> dict[str, RawSplit]:
 
     transform = transforms.Compose([
         transforms.CenterCrop(_CELEBA_CROP), transforms.Resize(_CELEBA_SIZE), transforms.PILToTensor()])
-    splits = {}
+    splits: dict[str, RawSplit] = {}
     for split in ("train", "valid", "test"):
-        data = _torchvision("celeba", root, download, lambda s=split: CelebA(
-            root, split=s, target_type=[], transform=transform, download=download))
+        data = _torchvision("celeba", root, download, partial(CelebA, root, split=split, target_type=[],
+                                                              transform=transform, download=download))
         workers = min(8, os.cpu_count() or 1) if len(data) >= _PARALLEL_DECODE_MIN else 0
         images = torch.empty((len(data), *SPECS["celeba"].event_shape), dtype=torch.uint8)
         start = 0

@@ -12,12 +12,15 @@ Every random choice is drawn from ``seed``; the same arguments give the same ten
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .. import checks
+from ..leaves import Normal, leaf_from_config
 from . import images
 from .cache import cache_path, read_cache, write_cache
 from .dataset import Dataset
@@ -41,15 +44,11 @@ def _split_indices(n: int, seed: int, fractions: tuple[float, ...]) -> list[Tens
 
 def _check_arguments(name: str, leaf: str, seed: int, num_samples: int | None) -> str:
     """Validates the arguments of :func:`load_dataset`; returns the resolved leaf type."""
-    if name not in DATASETS:
-        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
-    if leaf != "auto" and leaf not in LEAVES:
-        raise ValueError(f"leaf must be one of {('auto', *LEAVES)}, got {leaf!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
-                                    or num_samples < MIN_NUM_SAMPLES):
-        raise ValueError(f"num_samples must be None or an integer >= {MIN_NUM_SAMPLES}, got {num_samples!r}")
+    checks.choice("name", name, DATASETS)
+    checks.choice("leaf", leaf, ("auto", *LEAVES))
+    checks.integer("seed", seed, minimum=0, maximum=2**63 - 1)
+    if num_samples is not None:
+        checks.integer("num_samples", num_samples, minimum=MIN_NUM_SAMPLES)
     if name in SYNTHETIC_DATASETS:
         if leaf not in ("auto", "normal"):
             raise ValueError(f"leaf must be 'auto' or 'normal' for the 2-D data set {name!r}, got {leaf!r}")
@@ -60,20 +59,17 @@ def _check_arguments(name: str, leaf: str, seed: int, num_samples: int | None) -
 def _load_synthetic(name: str, seed: int, num_samples: int) -> Dataset:
     points, labels, mixture = sample_synthetic(name, num_samples, seed)
     test, val, train = _split_indices(num_samples, seed, (TEST_FRACTION, VAL_FRACTION))
-    extras = {}
-    if mixture is not None:
-        extras = {
-            "true_log_density": mixture.log_prob,
-            "modes": mixture.means.to(torch.float32),
-            "mode_scales": mixture.scales.to(torch.float32),
-            "mode_covariances": mixture.covariances.to(torch.float32),
-            "mode_weights": mixture.weights.to(torch.float32),
-        }
-    return Dataset(
+    data = Dataset(
         name=name, train=points[train], val=points[val], test=points[test], train_labels=labels[train],
-        val_labels=labels[val], test_labels=labels[test], event_shape=(2,), leaf="normal", total_count=None,
-        is_image=False, preprocessing=Identity(), **extras,
+        val_labels=labels[val], test_labels=labels[test], event_shape=(2,), leaf=Normal(),
+        is_image=False, preprocessing=Identity(),
     )
+    if mixture is None:
+        return data
+    return dataclasses.replace(data, true_log_density=mixture.log_prob, modes=mixture.means.to(torch.float32),
+                               mode_scales=mixture.scales.to(torch.float32),
+                               mode_covariances=mixture.covariances.to(torch.float32),
+                               mode_weights=mixture.weights.to(torch.float32))
 
 
 def _select(split: RawSplit, index: Tensor) -> RawSplit:
@@ -117,8 +113,9 @@ def _load_images(name: str, leaf: str, root: Path, download: bool, seed: int, nu
     return Dataset(
         name=name, train=preprocessing(splits["train"][0]), val=preprocessing(splits["val"][0]),
         test=preprocessing(splits["test"][0]), train_labels=splits["train"][1], val_labels=splits["val"][1],
-        test_labels=splits["test"][1], event_shape=spec.event_shape, leaf=leaf,
-        total_count=spec.max_value if leaf == "binomial" else None, is_image=True, preprocessing=preprocessing,
+        test_labels=splits["test"][1], event_shape=spec.event_shape,
+        leaf=leaf_from_config({"type": leaf, "total_count": spec.max_value} if leaf == "binomial" else {"type": leaf}),
+        is_image=True, preprocessing=preprocessing,
     )
 
 

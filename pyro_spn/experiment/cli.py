@@ -10,11 +10,10 @@ from typing import Any
 
 import click
 
-from ..data import DatasetNotFoundError
-from ..train.cli import _HANDLED, _failure, _OneLineErrors
-from .evaluation import FEATURES
+from ..command import CONTEXT, HANDLED, OneLineErrors, failure, interrupted
+from .config import FEATURES, ExperimentConfig
 from .methods import METHODS
-from .protocol import Experiment, ExperimentConfig
+from .protocol import Experiment
 
 _DEFAULTS = ExperimentConfig(output="")
 _POSITIVE_INT = click.IntRange(min=1)
@@ -31,7 +30,7 @@ def _numbers(name: str, text: str, kind: type) -> tuple:
         raise click.BadParameter(f"expected comma-separated {kind.__name__}s, got {text!r}", param_hint=name) from None
 
 
-@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=OneLineErrors, context_settings=CONTEXT)
 @click.option("--output", required=True, type=click.Path(file_okay=False),
               help="Experiment folder (rerun the same command to continue an interrupted experiment).")
 @click.option("--datasets", default=",".join(_DEFAULTS.datasets), show_default=True,
@@ -92,13 +91,8 @@ def experiment(output: str, datasets: str, methods: str, lrs: str, batch_sizes: 
                                   lrs=_numbers("--lrs", lrs, float),
                                   batch_sizes=_numbers("--batch-sizes", batch_sizes, int), train=train, **options)
         Experiment(config).run()
-    except (*_HANDLED, DatasetNotFoundError) as error:
-        raise _failure(error) from None
+    except HANDLED as error:
+        raise failure(error) from None
     except KeyboardInterrupt:
-        raise click.ClickException("interrupted; rerun the same command to continue") from None
+        raise interrupted("rerun the same command to continue") from None
     click.echo(f"results written to {output}/summary.md and {output}/results.csv")
-
-
-def main() -> None:
-    """Entry point of the ``pyrospn-experiment`` console script."""
-    experiment.main(prog_name="pyrospn-experiment")

@@ -10,7 +10,6 @@ MMD-GAN) leaves its likelihood entries ``None``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,11 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import atomic
 from ..data import Dataset, Standardize, load_dataset
+from ..leaves import Normal
 from ..metrics import (
     FIDKID,
     ClassifierFeatures,
     bits_per_dim,
+    classifier_on_samples,
     inception_features,
     log_likelihood_gap,
     mmd2_rbf,
@@ -34,9 +36,9 @@ from ..metrics import (
 )
 from ..train.records import read_metrics
 from ..train.sample import SavedRun
+from .config import FEATURES
 
 SPLITS: tuple[str, ...] = ("val", "test")
-FEATURES: tuple[str, ...] = ("classifier", "inception")
 KID_SUBSETS = 50
 BANDWIDTH_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0)  # 2-D MMD² bandwidths, in median pairwise distances
 MEDIAN_POINTS = 1000
@@ -48,7 +50,7 @@ METRICS: tuple[str, ...] = ("nll", "bpd", "fid", "kid", "kid_std", "features", "
 def load_run_data(saved: SavedRun) -> Dataset:
     """The data set of a run, split and preprocessed as it was for training."""
     config = saved.config
-    return load_dataset(config.dataset, leaf=saved.info.leaf, root=config.data_root, download=False,
+    return load_dataset(config.dataset, leaf=saved.info.leaf.name, root=config.data_root, download=False,
                         seed=config.seed)
 
 
@@ -77,11 +79,9 @@ def feature_extractor(kind: str, dataset: str, cache: Path, *, data_root: str = 
         raise ValueError(f"features: {dataset!r} has no labels to train a classifier on; use inception features")
     images = data.preprocessing.inverse(data.train)
     model = train_classifier_features(images, data.train_labels, epochs=epochs, name=name)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    temp = cache.with_name(cache.name + ".tmp")
-    torch.save({"channels": images.shape[1], "num_classes": int(data.train_labels.max()) + 1,
-                "state_dict": model.state_dict()}, temp)
-    os.replace(temp, cache)
+    state = {"channels": images.shape[1], "num_classes": int(data.train_labels.max()) + 1,
+             "state_dict": model.state_dict()}
+    atomic.write_atomically(cache, lambda temp: torch.save(state, temp))
     return model
 
 
@@ -95,7 +95,8 @@ def _log_jacobian(data: Dataset) -> float:
 
 @torch.no_grad()
 def evaluate_run(run: str | os.PathLike, split: str, *, features: nn.Module | None = None,
-                 num_samples: int = 1000, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+                 num_samples: int = 1000, classifier_epochs: int = 15, seed: int = 0,
+                 device: str = "cpu") -> dict[str, Any]:
     """The metrics of the run in folder ``run`` on its ``split`` (``"val"`` or ``"test"``).
 
     Args:
@@ -103,6 +104,7 @@ def evaluate_run(run: str | os.PathLike, split: str, *, features: nn.Module | No
         split: the held-out split to evaluate on.
         features: the FID / KID feature extractor (image data sets; required for them).
         num_samples: samples drawn from the model.
+        classifier_epochs: training epochs of the classifier-on-samples (class-conditional runs).
         seed: seeds the sampler.
         device: where the model runs (``"auto"``, ``"cpu"`` or ``"cuda"``); metrics are computed on the CPU.
 
@@ -128,10 +130,27 @@ def evaluate_run(run: str | os.PathLike, split: str, *, features: nn.Module | No
         image_metrics(result, data, x, samples, log_likelihood, reconstruction, features)
     else:
         planar_metrics(result, data, x, samples, log_likelihood, reconstruction)
+    if model.class_conditional:
+        result["accuracy"] = _accuracy_of_classifier_on_samples(saved, data, split, classifier_epochs, seed)
     records = read_metrics(Path(run) / "metrics.jsonl")
     result.update(num_parameters=model.num_parameters(), epochs=saved.epoch,
                   train_seconds=sum(r.get("seconds", 0.0) for r in records))
     return result
+
+
+def _accuracy_of_classifier_on_samples(saved: SavedRun, data: Dataset, split: str, epochs: int, seed: int) -> float:
+    """The real-``split`` accuracy of a classifier trained for ``epochs`` on labelled samples of the run's
+    class-conditional circuit (the paper's classifier-on-samples metric)."""
+    labels = getattr(data, f"{split}_labels")
+    if labels is None or saved.info.num_classes is None:
+        raise ValueError(f"accuracy: the data set {data.name!r} has no labels")
+
+    def generate(asked: Tensor) -> Tensor:
+        return data.preprocessing.inverse(saved.model.sample_given(asked)).clamp(0, 1)
+
+    x = getattr(data, split)
+    return classifier_on_samples(generate, data.preprocessing.inverse(x), labels, num_classes=saved.info.num_classes,
+                                 epochs=epochs, seed=seed).accuracy
 
 
 def image_metrics(result: dict[str, Any], data: Dataset, x: Tensor, samples: Tensor, log_likelihood: Tensor | None,
@@ -143,8 +162,9 @@ def image_metrics(result: dict[str, Any], data: Dataset, x: Tensor, samples: Ten
         raise ValueError("features: image data sets need a feature extractor for FID / KID")
     if log_likelihood is not None:
         num_dims = math.prod(data.event_shape)
-        result["bpd"] = bits_per_dim(log_likelihood, num_dims, discrete=data.leaf != "normal",
-                                     log_jacobian=0.0 if data.leaf != "normal" else _log_jacobian(data))
+        continuous = isinstance(data.leaf, Normal)
+        result["bpd"] = bits_per_dim(log_likelihood, num_dims, discrete=not continuous,
+                                     log_jacobian=_log_jacobian(data) if continuous else 0.0)
     real, fake = data.preprocessing.inverse(x), data.preprocessing.inverse(samples).clamp(0, 1)
     scores = FIDKID(real, features)
     fid = scores.fid(fake)
@@ -175,10 +195,3 @@ def planar_metrics(result: dict[str, Any], data: Dataset, x: Tensor, samples: Te
         result["mode_coverage"] = mode_coverage(samples, data.modes, covariances=data.mode_covariances)
     if reconstruction is not None:
         result["reconstruction"] = reconstruction_mse(reconstruction, x) * x.shape[1]
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Writes ``value`` as indented JSON through a temporary file and a rename."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(temp, path)

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .. import atomic
 from ..data import IMAGE_DATASETS
-
-if TYPE_CHECKING:
-    from .protocol import ExperimentConfig
+from .config import ExperimentConfig, RunSpec
 
 CELL = 224  # pixels per cell side
 LABEL_WIDTH = 150  # pixels of the row-label column
@@ -36,7 +34,7 @@ def _paste(canvas: Image.Image, draw: ImageDraw.ImageDraw, picture: Path | None,
         draw.rectangle([box, (box[0] + CELL - 5, box[1] + CELL - 5)], fill=EMPTY)
         return
     with Image.open(picture) as image:
-        canvas.paste(image.convert("RGB").resize((CELL - 4, CELL - 4), Image.NEAREST), box)
+        canvas.paste(image.convert("RGB").resize((CELL - 4, CELL - 4), Image.Resampling.NEAREST), box)
 
 
 def tile(cells: list[tuple[str, Path | None]], columns: int, path: Path) -> None:
@@ -51,7 +49,7 @@ def tile(cells: list[tuple[str, Path | None]], columns: int, path: Path) -> None
         draw.text((left + 6, top + 6), label, fill=(0, 0, 0), font=font)
         _paste(canvas, draw, picture, (left + 2, top + LABEL_HEIGHT + 2))
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    atomic.write_atomically(path, lambda temp: canvas.save(temp, format="PNG"))
 
 
 def compose(cells: dict[tuple[str, str], Path | None], rows: list[str], columns: list[str], path: Path) -> None:
@@ -69,15 +67,13 @@ def compose(cells: dict[tuple[str, str], Path | None], rows: list[str], columns:
         for j, column in enumerate(columns):
             _paste(canvas, draw, cells.get((row, column)), (LABEL_WIDTH + j * CELL + 2, top + 2))
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    atomic.write_atomically(path, lambda temp: canvas.save(temp, format="PNG"))
 
 
 def write_figures(root: Path, selected: dict[tuple[str, str], tuple[float, int]],
                   config: ExperimentConfig) -> list[Path]:
     """Writes ``samples.png`` (if there are image data sets) and ``densities.png`` (if there are 2-D sets)
     into ``root``; returns the paths written."""
-    from .protocol import RunSpec
-
     def picture(dataset: str, method: str) -> Path | None:
         if (dataset, method) not in selected:
             return None

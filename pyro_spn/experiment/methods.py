@@ -25,8 +25,7 @@ class Method:
         hybrid: the loss is ``objective + λ · NLL`` (``λ`` from the experiment's ``nll_weight``).
         images_only: the method runs on image data sets only.
         class_conditional: a circuit over the data and the class label, trained by maximum likelihood of the
-            joint outside the trainer (:mod:`~pyro_spn.experiment.class_conditional_run`); its evaluation adds
-            the classifier-on-samples accuracy.
+            joint (``TrainConfig.class_conditional``); its evaluation adds the classifier-on-samples accuracy.
     """
 
     name: str
@@ -42,6 +41,8 @@ class Method:
     def train_options(self, epochs: int, nll_weight: float) -> dict[str, Any]:
         """The ``TrainConfig`` fields this method sets for a run of ``epochs`` epochs."""
         options: dict[str, Any] = {"objective": self.objective, "model": self.model}
+        if self.class_conditional:
+            options["class_conditional"] = True
         if self.pretrain:
             options["pretrain_epochs"] = epochs // 2
         if self.hybrid:

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -32,148 +31,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..data import DATASETS, IMAGE_DATASETS
+from .. import atomic
+from ..data import IMAGE_DATASETS
 from ..train import NonFiniteLossError, TrainConfig, Trainer
-from .class_conditional_run import evaluate_class_conditional, is_trained, train_class_conditional
-from .evaluation import FEATURES, evaluate_run, feature_extractor, write_json
+from .config import ExperimentConfig, RunSpec, check_same
+from .evaluation import evaluate_run, feature_extractor
 from .figures import write_figures
-from .methods import METHODS, Method, get_method
 from .report import select, write_results
-
-# TrainConfig fields the protocol sets itself; the rest may be given in ExperimentConfig.train.
-PROTOCOL_FIELDS = ("objective", "model", "dataset", "lr", "batch_size", "seed", "epochs", "output", "resume",
-                   "pretrain_epochs", "nll_weight")
-# Fields a rerun in the same folder may change.
-RERUN_CHANGES = ("jobs", "progress")
-
-
-@dataclass
-class ExperimentConfig:
-    """An experiment: the grid, the seeds, and the training options shared by every run.
-
-    Attributes:
-        output: the experiment folder.
-        datasets: data sets (names of ``pyro_spn.data.DATASETS``).
-        methods: methods (names of :data:`~pyro_spn.experiment.methods.METHODS`); image-only methods are
-            skipped on 2-D sets.
-        lrs: learning rates of the grid.
-        batch_sizes: batch sizes of the grid.
-        seeds: seeds of the test phase (``0 .. seeds-1``; the grid runs use seed 0).
-        epochs: epochs of every run.
-        nll_weight: ``λ`` of the ``+nll`` hybrid methods.
-        num_samples: samples drawn per evaluation (FID / KID, MMD², mode coverage).
-        features: ``"classifier"`` (a CNN trained on the data set, offline) or ``"inception"``.
-        classifier_epochs: training epochs of the classifiers the evaluation trains: the ``"classifier"`` features
-            and the classifier-on-samples of ``ll-class``.
-        inception_weights: the local Inception-v3 weights file for ``features="inception"``.
-        train: further ``TrainConfig`` fields for every run (e.g. ``{"num_sums": 10, "data_root": "data"}``).
-        jobs: runs trained at once, in worker processes (``1``: in this process).
-        progress: show a progress bar over runs (only on a terminal).
-    """
-
-    output: str
-    datasets: tuple[str, ...] = ("digits",)
-    methods: tuple[str, ...] = ("ll", "adv", "mmd", "pae", "vae", "gan", "mmd-gan")
-    lrs: tuple[float, ...] = (0.01, 0.001)
-    batch_sizes: tuple[int, ...] = (64, 128)
-    seeds: int = 5
-    epochs: int = 10
-    nll_weight: float = 0.01
-    num_samples: int = 1000
-    features: str = "classifier"
-    classifier_epochs: int = 15
-    inception_weights: str | None = None
-    train: dict[str, Any] = field(default_factory=dict)
-    jobs: int = 1
-    progress: bool = True
-
-    def validate(self) -> ExperimentConfig:
-        """Raises ``ValueError`` naming the first bad field and its accepted values; returns ``self``."""
-        _non_empty("datasets", self.datasets)
-        for name in self.datasets:
-            if name not in DATASETS:
-                raise ValueError(f"datasets: unknown data set {name!r}; accepted: {', '.join(DATASETS)}")
-        _non_empty("methods", self.methods)
-        for name in self.methods:
-            get_method(name)
-        _non_empty("lrs", self.lrs)
-        for lr in self.lrs:
-            if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
-                raise ValueError(f"lrs must be finite numbers > 0, got {lr!r}")
-        _non_empty("batch_sizes", self.batch_sizes)
-        for name in ("seeds", "epochs", "num_samples", "classifier_epochs", "jobs"):
-            _positive_int(name, getattr(self, name))
-        for size in self.batch_sizes:
-            _positive_int("batch_sizes", size)
-        if self.features not in FEATURES:
-            raise ValueError(f"features must be one of {', '.join(FEATURES)}; got {self.features!r}")
-        weights = self.inception_weights
-        if self.features == "inception" and (weights is None or not Path(weights).is_file()):
-            raise ValueError(f"inception_weights: features 'inception' needs a local Inception-v3 weights file, got "
-                             f"{self.inception_weights!r}")
-        if not isinstance(self.train, dict):
-            raise ValueError(f"train must be a dict of TrainConfig fields, got {type(self.train).__name__}")
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        for name in self.train:
-            if name in PROTOCOL_FIELDS or name not in known:
-                accepted = sorted(known - set(PROTOCOL_FIELDS))
-                raise ValueError(f"train: {name!r} cannot be set per experiment; accepted: {', '.join(accepted)}")
-        if not self.plan_grid():
-            raise ValueError("methods: no method runs on these data sets (pae runs on image data sets only)")
-        for spec in self.plan_grid():
-            spec.train_config(self).validate()
-        return self
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> ExperimentConfig:
-        values = json.loads(text)
-        for name in ("datasets", "methods", "lrs", "batch_sizes"):
-            values[name] = tuple(values[name])
-        return cls(**values)
-
-    @property
-    def root(self) -> Path:
-        return Path(self.output)
-
-    def pairs(self) -> list[tuple[str, Method]]:
-        """The (data set, method) pairs that run: image-only methods only on image data sets."""
-        return [(dataset, METHODS[name]) for dataset in self.datasets for name in self.methods
-                if dataset in IMAGE_DATASETS or not METHODS[name].images_only]
-
-    def plan_grid(self) -> list[RunSpec]:
-        """The grid runs: every pair × learning rate × batch size, seed 0."""
-        return [RunSpec(dataset, method.name, lr, batch_size, 0) for dataset, method in self.pairs()
-                for lr in self.lrs for batch_size in self.batch_sizes]
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One training run of the protocol."""
-
-    dataset: str
-    method: str
-    lr: float
-    batch_size: int
-    seed: int
-
-    def folder(self, experiment: ExperimentConfig) -> Path:
-        """``OUTPUT/runs/<dataset>/<method>/lr<lr>-bs<batch_size>-seed<seed>``."""
-        name = f"lr{self.lr:g}-bs{self.batch_size}-seed{self.seed}"
-        return experiment.root / "runs" / self.dataset / self.method / name
-
-    def train_config(self, experiment: ExperimentConfig) -> TrainConfig:
-        """The run's ``TrainConfig``."""
-        method = get_method(self.method)
-        options = {**experiment.train, **method.train_options(experiment.epochs, experiment.nll_weight)}
-        return TrainConfig(dataset=self.dataset, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
-                           epochs=experiment.epochs, output=str(self.folder(experiment)), **options)
-
-    def row(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "method": self.method, "lr": self.lr, "batch_size": self.batch_size,
-                "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -195,13 +59,11 @@ def execute(task: Task) -> list[dict[str, Any]]:
     """Trains the task's run (resuming from its checkpoint if it has one) and evaluates it on each split
     not evaluated yet; returns one row per split (``error`` set, metrics absent, if training failed)."""
     torch.set_num_threads(task.threads)
+    assert task.config.output is not None
     folder = Path(task.config.output)
-    conditional = get_method(task.spec.method).class_conditional
     error = None
     try:
-        if conditional and not is_trained(folder):
-            train_class_conditional(task.config)
-        elif not conditional and not (folder / "samples.h5").is_file():
+        if not (folder / "samples.h5").is_file():
             resume = (folder / "checkpoint.pt").is_file()
             Trainer(dataclasses.replace(task.config, resume=resume), progress=False).fit()
     except NonFiniteLossError as failure:
@@ -214,13 +76,11 @@ def execute(task: Task) -> list[dict[str, Any]]:
     for split in task.splits:
         if error is not None:
             result: dict[str, Any] = {"error": error}
-        elif conditional:
-            result = {"error": None, **evaluate_class_conditional(
-                task.config, split, features=features, num_samples=task.num_samples, epochs=task.classifier_epochs)}
         else:
             result = {"error": None, **evaluate_run(folder, split, features=features, num_samples=task.num_samples,
+                                                    classifier_epochs=task.classifier_epochs,
                                                     device=task.config.device)}
-        write_json(folder / f"eval-{split}.json", result)
+        atomic.write_json(folder / f"eval-{split}.json", result)
         rows.append({**task.spec.row(), "split": split, **result})
     return rows
 
@@ -237,9 +97,9 @@ class Experiment:
         self.root = config.root
         saved = self.root / "experiment.json"
         if saved.is_file():
-            _check_same(ExperimentConfig.from_json(saved.read_text()), config)
+            check_same(ExperimentConfig.from_json(saved.read_text()), config)
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json(saved, json.loads(config.to_json()))
+        atomic.write_json(saved, json.loads(config.to_json()))
 
     # -- phases ---------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
@@ -270,8 +130,8 @@ class Experiment:
         rows: list[dict[str, Any]] = []
         pending = []
         for task in tasks:
-            done = [self._read_row(task, split) for split in task.splits]
-            if all(row is not None for row in done):
+            done = [row for split in task.splits if (row := self._read_row(task, split)) is not None]
+            if len(done) == len(task.splits):
                 rows.extend(done)
             else:
                 pending.append(task)
@@ -300,7 +160,7 @@ class Experiment:
 
     @staticmethod
     def _read_row(task: Task, split: str) -> dict[str, Any] | None:
-        path = Path(task.config.output) / f"eval-{split}.json"
+        path = task.config.run_dir / f"eval-{split}.json"
         if not path.is_file():
             return None
         return {**task.spec.row(), "split": split, **json.loads(path.read_text())}
@@ -329,23 +189,3 @@ def _map(function: Callable[[Task], list[dict[str, Any]]], tasks: Sequence[Task]
 
 def _is_terminal() -> bool:
     return sys.stderr.isatty()
-
-
-def _non_empty(name: str, values: Sequence[Any]) -> None:
-    if not isinstance(values, tuple | list) or len(values) == 0:
-        raise ValueError(f"{name} must be a non-empty list, got {values!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _check_same(saved: ExperimentConfig, config: ExperimentConfig) -> None:
-    """``ValueError`` naming the fields in which ``config`` differs from the folder's saved experiment."""
-    changed = [f.name for f in dataclasses.fields(ExperimentConfig)
-               if f.name not in RERUN_CHANGES and getattr(saved, f.name) != getattr(config, f.name)]
-    if changed:
-        raise ValueError(f"output {config.output} holds an experiment with other settings ({', '.join(changed)}); "
-                         f"rerun it with the same settings to continue, or choose another output")
-

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .. import atomic
 from ..data import IMAGE_DATASETS
+from .config import ExperimentConfig
 from .methods import METHODS
-
-if TYPE_CHECKING:
-    from .protocol import ExperimentConfig
 
 COLUMNS = ("dataset", "method", "lr", "batch_size", "seed", "split", "error", "nll", "bpd", "fid", "kid", "kid_std",
            "features", "ll_gap", "mmd2", "mode_coverage", "reconstruction", "accuracy", "num_parameters", "epochs",
@@ -57,13 +57,13 @@ def select(rows: list[dict[str, Any]], config: ExperimentConfig) -> dict[tuple[s
 def write_results(root: Path, rows: list[dict[str, Any]], selected: dict[tuple[str, str], tuple[float, int]],
                   config: ExperimentConfig) -> None:
     """Writes ``results.csv`` (every row) and ``summary.md`` (selection, test tables, grid)."""
-    with (root / "results.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in sorted(rows, key=lambda r: (r["split"], r["dataset"], r["method"], r["lr"], r["batch_size"],
-                                               r["seed"])):
-            writer.writerow({column: row.get(column) for column in COLUMNS})
-    (root / "summary.md").write_text(summary(rows, selected, config))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in sorted(rows, key=lambda r: (r["split"], r["dataset"], r["method"], r["lr"], r["batch_size"], r["seed"])):
+        writer.writerow({column: row.get(column) for column in COLUMNS})
+    atomic.write_text(root / "results.csv", table.getvalue())
+    atomic.write_text(root / "summary.md", summary(rows, selected, config))
 
 
 def _mean_std(values: list[float]) -> str:

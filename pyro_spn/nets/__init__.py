@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ._checks import event_shape_of
+from .. import checks
 from .baselines import VAE, Generator
 from .conv import ConvEncoder, DCGANDiscriminator
 from .mlp import MLPDiscriminator, MLPEncoder
@@ -29,7 +29,7 @@ __all__ = ["VAE", "ConvEncoder", "DCGANDiscriminator", "Generator", "MLPDiscrimi
 def make_discriminator(event_shape: int | Sequence[int], spectral_norm: bool = True) -> nn.Module:
     """A discriminator for data of ``event_shape``: :class:`DCGANDiscriminator` for ``(C, H, W)``,
     :class:`MLPDiscriminator` over the flattened data otherwise; ``[N, *event_shape]`` → ``[N]``."""
-    shape = event_shape_of(event_shape)
+    shape = checks.event_shape(event_shape, max_dims=None)
     if len(shape) == 3:
         return DCGANDiscriminator(shape, spectral_norm=spectral_norm)
     return MLPDiscriminator(math.prod(shape), spectral_norm=spectral_norm)
@@ -38,7 +38,7 @@ def make_discriminator(event_shape: int | Sequence[int], spectral_norm: bool = T
 def make_encoder(event_shape: int | Sequence[int], out_features: int, spectral_norm: bool = True) -> nn.Module:
     """An MMD kernel encoder for data of ``event_shape``: :class:`ConvEncoder` for ``(C, H, W)``,
     :class:`MLPEncoder` over the flattened data otherwise; ``[N, *event_shape]`` → ``[N, out_features]``."""
-    shape = event_shape_of(event_shape)
+    shape = checks.event_shape(event_shape, max_dims=None)
     if len(shape) == 3:
         return ConvEncoder(shape, out_features, spectral_norm=spectral_norm)
     return MLPEncoder(math.prod(shape), out_features, spectral_norm=spectral_norm)

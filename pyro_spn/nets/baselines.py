@@ -12,8 +12,9 @@ space*, as for a circuit with the same leaves:
 ``bernoulli``  ``{0, 1}``: ``rsample`` gives ``sigmoid(·)``, ``sample`` zeros and ones
 =============  =====================================================================================
 
-``with_budget`` picks the width of a baseline so that its parameter count is within 10 % of a budget (in
-training: the parameter count of the circuit the same config builds).
+The data's leaf family (a :mod:`pyro_spn.leaves` spec: ``Binomial``, ``Normal`` or ``Bernoulli``) sets the
+likelihood and the map into model space. ``with_budget`` picks the width of a baseline so that its parameter count
+is within 10 % of a budget (in training: the parameter count of the circuit the same config builds).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Binomial, Distribution, Normal
 
-from ._checks import event_shape_of, positive_int
+from .. import checks, leaves
 
-LEAVES: tuple[str, ...] = ("binomial", "normal", "bernoulli")
+#: The leaf families a baseline can model.
+FAMILIES: tuple[type[leaves.Leaf], ...] = (leaves.Binomial, leaves.Normal, leaves.Bernoulli)
 BUDGET_TOLERANCE = 0.1  # with_budget: |parameters − budget| <= 10 % of the budget
 MIN_SCALE = 1e-3  # the VAE's Gaussian likelihood: scale = softplus(raw) + MIN_SCALE
 IMPORTANCE_SAMPLES = 64  # k of the VAE's importance-weighted log_prob
@@ -37,13 +39,10 @@ _SEED_SIZE = 4  # the image generator's first feature map is 4 × 4
 _MAX_WIDTH = 1 << 16
 
 
-def _check_leaf(leaf: str, total_count: int | None) -> None:
-    if leaf not in LEAVES:
-        raise ValueError(f"leaf must be one of {', '.join(LEAVES)}; got {leaf!r}")
-    if leaf == "binomial":
-        positive_int("total_count", total_count)
-    elif total_count is not None:
-        raise ValueError(f"total_count is only for leaf 'binomial', got {total_count!r} for leaf {leaf!r}")
+def _check_leaf(leaf: leaves.Leaf) -> leaves.Leaf:
+    if not isinstance(leaf, FAMILIES):
+        raise TypeError(f"leaf must be one of the specs {', '.join(f.__name__ for f in FAMILIES)}; got {leaf!r}")
+    return leaf
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -59,7 +58,7 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
 def _fit_width(build: Callable[[int], nn.Module], budget: int, what: str) -> int:
     """The width whose module (built on the meta device, so nothing is allocated) has the parameter count
     closest to ``budget``; a ``ValueError`` if that count is not within :data:`BUDGET_TOLERANCE` of it."""
-    budget = positive_int("budget", budget)
+    budget = checks.integer("budget", budget)
 
     def count(width: int) -> int:
         with torch.device("meta"):
@@ -84,23 +83,21 @@ def _fit_width(build: Callable[[int], nn.Module], budget: int, what: str) -> int
 class _Baseline(nn.Module):
     """Shared parts: the data's shape and leaf type, the latent size and the map into model space."""
 
-    def __init__(self, event_shape: int | Sequence[int], leaf: str, total_count: int | None, latent_dim: int) -> None:
+    def __init__(self, event_shape: int | Sequence[int], leaf: leaves.Leaf, latent_dim: int) -> None:
         super().__init__()
-        _check_leaf(leaf, total_count)
-        self.event_shape = event_shape_of(event_shape)
-        self.leaf = leaf
-        self.total_count = total_count
-        self.latent_dim = positive_int("latent_dim", latent_dim)
+        self.leaf = _check_leaf(leaf)
+        self.event_shape = checks.event_shape(event_shape, max_dims=None)
+        self.latent_dim = checks.integer("latent_dim", latent_dim)
         self.num_features = math.prod(self.event_shape)
 
     @property
     def scale(self) -> float:
         """Model-space data divided by it lie in ``[0, 1]`` (``total_count`` for Binomial data, else 1)."""
-        return float(self.total_count) if self.leaf == "binomial" else 1.0
+        return float(self.leaf.total_count) if isinstance(self.leaf, leaves.Binomial) else 1.0
 
     def _mean(self, raw: Tensor) -> Tensor:
         """Raw outputs → model-space means: ``total_count · sigmoid`` (binomial), ``sigmoid`` (bernoulli), as is."""
-        return raw if self.leaf == "normal" else torch.sigmoid(raw) * self.scale
+        return raw if isinstance(self.leaf, leaves.Normal) else torch.sigmoid(raw) * self.scale
 
     def _prior(self, sample_shape: Sequence[int]) -> Tensor:
         """Standard normal latents ``[*sample_shape, latent_dim]`` on the parameters' device."""
@@ -119,25 +116,23 @@ class VAE(_Baseline):
 
     Args:
         event_shape: the data's shape, ``(F,)`` or ``(C, H, W)``.
-        leaf: ``"binomial"``, ``"normal"`` or ``"bernoulli"``.
-        total_count: the Binomial ``N`` (``leaf="binomial"`` only).
+        leaf: the data's leaf family, ``Binomial(total_count=N)``, ``Normal()`` or ``Bernoulli()``.
         latent_dim: the number of latent variables.
         hidden: the width of the hidden layers.
         num_importance: ``k`` of the importance-weighted :meth:`log_prob`.
     """
 
-    def __init__(self, event_shape: int | Sequence[int], leaf: str = "binomial", total_count: int | None = None,
-                 latent_dim: int = 16, hidden: int = 256, num_importance: int = IMPORTANCE_SAMPLES) -> None:
-        super().__init__(event_shape, leaf, total_count, latent_dim)
-        hidden = positive_int("hidden", hidden)
-        self.num_importance = positive_int("num_importance", num_importance)
-        outputs = 2 * self.num_features if leaf == "normal" else self.num_features
+    def __init__(self, event_shape: int | Sequence[int], leaf: leaves.Leaf, latent_dim: int = 16, hidden: int = 256,
+                 num_importance: int = IMPORTANCE_SAMPLES) -> None:
+        super().__init__(event_shape, leaf, latent_dim)
+        hidden = checks.integer("hidden", hidden)
+        self.num_importance = checks.integer("num_importance", num_importance)
+        outputs = 2 * self.num_features if isinstance(leaf, leaves.Normal) else self.num_features
         self.encoder = _mlp([self.num_features, hidden, hidden, 2 * self.latent_dim])
         self.decoder = _mlp([self.latent_dim, hidden, hidden, outputs])
 
     @classmethod
-    def with_budget(cls, event_shape: int | Sequence[int], budget: int, *, leaf: str = "binomial",
-                    total_count: int | None = None, latent_dim: int = 16,
+    def with_budget(cls, event_shape: int | Sequence[int], budget: int, *, leaf: leaves.Leaf, latent_dim: int = 16,
                     num_importance: int = IMPORTANCE_SAMPLES) -> VAE:
         """The VAE whose encoder and decoder together have ``budget`` parameters (within 10 %).
 
@@ -145,7 +140,7 @@ class VAE(_Baseline):
             ValueError: no width reaches ``budget`` within 10 % (it is too small), or a bad argument.
         """
         def build(width: int) -> VAE:
-            return cls(event_shape, leaf, total_count, latent_dim, width, num_importance)
+            return cls(event_shape, leaf, latent_dim, width, num_importance)
 
         build(1)  # checks the arguments before the search
         return build(_fit_width(build, budget, "VAE"))
@@ -159,9 +154,9 @@ class VAE(_Baseline):
     def likelihood(self, z: Tensor) -> Distribution:
         """``p(x | z)`` for latents ``z [*S, latent_dim]``: batch shape ``[*S, F]`` over the flattened data."""
         raw = self.decoder(z)
-        if self.leaf == "binomial":
-            return Binomial(self.total_count, logits=raw, validate_args=False)
-        if self.leaf == "bernoulli":
+        if isinstance(self.leaf, leaves.Binomial):
+            return Binomial(self.leaf.total_count, logits=raw, validate_args=False)
+        if isinstance(self.leaf, leaves.Bernoulli):
             return Bernoulli(logits=raw, validate_args=False)
         loc, raw_scale = raw.chunk(2, dim=-1)
         return Normal(loc, F.softplus(raw_scale) + MIN_SCALE, validate_args=False)
@@ -169,7 +164,7 @@ class VAE(_Baseline):
     def _decoder_mean(self, z: Tensor) -> Tensor:
         """Model-space means ``[*S, *event_shape]`` of ``p(x | z)`` for ``z [*S, latent_dim]``."""
         raw = self.decoder(z)
-        raw = raw[..., : self.num_features] if self.leaf == "normal" else raw
+        raw = raw[..., : self.num_features] if isinstance(self.leaf, leaves.Normal) else raw
         return self._mean(raw).reshape(*z.shape[:-1], *self.event_shape)
 
     def elbo(self, x: Tensor) -> Tensor:
@@ -192,7 +187,7 @@ class VAE(_Baseline):
         A stochastic lower bound of ``log p(x)`` in expectation, tighter than the ELBO, that approaches
         ``log p(x)`` as ``k`` grows.
         """
-        k = self.num_importance if num_importance is None else positive_int("num_importance", num_importance)
+        k = self.num_importance if num_importance is None else checks.integer("num_importance", num_importance)
         chunks = []
         for part in x.split(max(1, _MAX_ROWS // k)):
             q = self.posterior(part)
@@ -231,16 +226,15 @@ class Generator(_Baseline):
 
     Args:
         event_shape: the data's shape, ``(F,)`` or ``(C, H, W)``.
-        leaf: ``"binomial"``, ``"normal"`` or ``"bernoulli"``.
-        total_count: the Binomial ``N`` (``leaf="binomial"`` only).
+        leaf: the data's leaf family, ``Binomial(total_count=N)``, ``Normal()`` or ``Bernoulli()``.
         latent_dim: the number of latent variables.
         width: the channels of the last feature map (images) or the hidden units (vectors).
     """
 
-    def __init__(self, event_shape: int | Sequence[int], leaf: str = "binomial", total_count: int | None = None,
-                 latent_dim: int = 16, width: int = 64) -> None:
-        super().__init__(event_shape, leaf, total_count, latent_dim)
-        width = positive_int("width", width)
+    def __init__(self, event_shape: int | Sequence[int], leaf: leaves.Leaf, latent_dim: int = 16,
+                 width: int = 64) -> None:
+        super().__init__(event_shape, leaf, latent_dim)
+        width = checks.integer("width", width)
         if len(self.event_shape) == 3:
             channels, height, image_width = self.event_shape
             doublings = max(0, math.ceil(math.log2(max(height, image_width) / _SEED_SIZE)))
@@ -255,15 +249,15 @@ class Generator(_Baseline):
             self.net = _mlp([self.latent_dim, width, width, self.num_features])
 
     @classmethod
-    def with_budget(cls, event_shape: int | Sequence[int], budget: int, *, leaf: str = "binomial",
-                    total_count: int | None = None, latent_dim: int = 16) -> Generator:
+    def with_budget(cls, event_shape: int | Sequence[int], budget: int, *, leaf: leaves.Leaf,
+                    latent_dim: int = 16) -> Generator:
         """The generator with ``budget`` parameters (within 10 %).
 
         Raises:
             ValueError: no width reaches ``budget`` within 10 % (it is too small), or a bad argument.
         """
         def build(width: int) -> Generator:
-            return cls(event_shape, leaf, total_count, latent_dim, width)
+            return cls(event_shape, leaf, latent_dim, width)
 
         build(1)  # checks the arguments before the search
         return build(_fit_width(build, budget, "generator"))
@@ -288,4 +282,4 @@ class Generator(_Baseline):
         """Samples ``[*sample_shape, *event_shape]`` in the data's support: :meth:`rsample` rounded to the
         nearest count (binomial) or to 0/1 (bernoulli); real values as they are (normal)."""
         x = self.rsample(sample_shape)
-        return x if self.leaf == "normal" else x.round()
+        return x if isinstance(self.leaf, leaves.Normal) else x.round()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from ._checks import event_shape_of, positive_int
+from .. import checks
 
 _STRIDED_OUTPUT = 4  # strided convolutions halve the image until its smaller side is at most this
 
@@ -35,13 +35,13 @@ class ConvEncoder(nn.Module):
     def __init__(self, event_shape: Sequence[int], out_features: int, base_channels: int = 64,
                  max_channels: int = 512, spectral_norm: bool = True) -> None:
         super().__init__()
-        shape = event_shape_of(event_shape)
+        shape = checks.event_shape(event_shape, max_dims=None)
         if len(shape) != 3 or min(shape[1:]) < 2:
             raise ValueError(f"event_shape must be an image shape (C, H, W) with H, W >= 2, got {event_shape!r}")
         self.event_shape = shape
-        self.out_features = positive_int("out_features", out_features)
-        positive_int("base_channels", base_channels)
-        positive_int("max_channels", max_channels)
+        self.out_features = checks.integer("out_features", out_features)
+        checks.integer("base_channels", base_channels)
+        checks.integer("max_channels", max_channels)
         if not isinstance(spectral_norm, bool):
             raise TypeError(f"spectral_norm must be True or False, got {spectral_norm!r}")
         wrap = _spectral_norm if spectral_norm else (lambda module: module)

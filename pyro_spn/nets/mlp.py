@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from ._checks import positive_int
+from .. import checks
 
 
 class MLPEncoder(nn.Module):
@@ -27,9 +27,9 @@ class MLPEncoder(nn.Module):
     def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (128, 128),
                  spectral_norm: bool = True) -> None:
         super().__init__()
-        self.in_features = positive_int("in_features", in_features)
-        self.out_features = positive_int("out_features", out_features)
-        widths = [positive_int("hidden", width) for width in hidden]
+        self.in_features = checks.integer("in_features", in_features)
+        self.out_features = checks.integer("out_features", out_features)
+        widths = [checks.integer("hidden", width) for width in hidden]
         if not isinstance(spectral_norm, bool):
             raise TypeError(f"spectral_norm must be True or False, got {spectral_norm!r}")
         wrap = _spectral_norm if spectral_norm else (lambda module: module)

@@ -1,13 +1,15 @@
-"""Training objectives: plain losses over an :class:`~pyro_spn.SPNDistribution` and a data batch.
+"""Training objectives: plain losses over a model (a distribution, or any model with the methods a loss uses) and
+a data batch.
 
 =========  ============================================================================================
 ``ll``     :class:`LikelihoodObjective`, ``−mean log p(x)`` (also :func:`likelihood_model` for Pyro SVI)
-``adv``    :class:`AdversarialObjective`, non-saturating GAN with the circuit's sampler as generator
+``adv``    :class:`AdversarialObjective`, non-saturating GAN with the model's sampler as generator
 ``mmd``    :class:`MMDObjective`, MMD² with RBF kernels, fixed or adversarially learned (MMD-GAN)
-``pae``    :class:`AutoEncodingObjective`, auto-encoding with a circuit over data and Gaussian latents
+``pae``    :class:`AutoEncodingObjective`, auto-encoding through a model's encoder and decoder
 =========  ============================================================================================
 
-:class:`HybridObjective` adds a weighted negative log-likelihood to any of them.
+:class:`HybridObjective` adds a weighted negative log-likelihood to any of them; :class:`ELBOObjective` trains
+latent-variable baselines (the VAE) through their evidence lower bound.
 """
 
 from __future__ import annotations
@@ -19,17 +21,16 @@ from torch import nn
 
 from ..nets import make_discriminator, make_encoder
 from .adversarial import AdversarialObjective
-from .autoencoding import AutoEncodingObjective, build_joint_spn
-from .base import Objective
+from .autoencoding import RECONSTRUCTIONS, AutoEncodingObjective
+from .base import AutoEncoder, Density, EvidenceBound, Generative, Objective
 from .hybrid import HybridObjective
-from .likelihood import LikelihoodObjective, likelihood_model
+from .likelihood import ELBOObjective, LikelihoodObjective, likelihood_model
 from .mmd import BANDWIDTHS, MMDObjective, mmd2
 
-__all__ = ["AdversarialObjective", "AutoEncodingObjective", "HybridObjective", "LikelihoodObjective",
-           "MMDObjective", "OBJECTIVES", "Objective", "build_joint_spn", "likelihood_model", "make_objective",
-           "mmd2"]
+__all__ = ["KERNELS", "OBJECTIVES", "RECONSTRUCTIONS", "AdversarialObjective", "AutoEncoder", "AutoEncodingObjective",
+           "Density", "ELBOObjective", "EvidenceBound", "Generative", "HybridObjective", "LikelihoodObjective",
+           "MMDObjective", "Objective", "likelihood_model", "make_objective", "mmd2"]
 
-OBJECTIVES: tuple[str, ...] = ("ll", "adv", "mmd", "pae")
 KERNELS: tuple[str, ...] = ("fixed", "learned")
 
 
@@ -48,22 +49,23 @@ def _mmd(event_shape: Sequence[int], kernel: str = "fixed", bandwidths: Sequence
          encoder_features: int = 16, encoder_lr: float = 5e-3, encoder_steps: int = 1,
          scale: float = 1.0) -> Objective:
     if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
     encoder = make_encoder(event_shape, encoder_features) if kernel == "learned" else None
     return MMDObjective(bandwidths, encoder=encoder, encoder_lr=encoder_lr, encoder_steps=encoder_steps,
                         scale=scale)
 
 
-def _pae(event_shape: Sequence[int], latent_dim: int = 16, reconstruction: str = "bce",
-         scale: float = 1.0) -> Objective:
-    return AutoEncodingObjective(event_shape, latent_dim, reconstruction=reconstruction, scale=scale)
+def _pae(event_shape: Sequence[int], reconstruction: str = "bce", scale: float = 1.0) -> Objective:
+    return AutoEncodingObjective(reconstruction=reconstruction, scale=scale)
 
 
 _FACTORIES: dict[str, Callable[..., Objective]] = {"ll": _ll, "adv": _adv, "mmd": _mmd, "pae": _pae}
+#: The objectives' names.
+OBJECTIVES: tuple[str, ...] = tuple(_FACTORIES)
 
 
 def make_objective(name: str, *, event_shape: int | Sequence[int], nll_weight: float = 0.0,
-                   **options) -> Objective:
+                   **options: object) -> Objective:
     """An objective by name, for data of ``event_shape``.
 
     Options per name (all optional):
@@ -74,7 +76,8 @@ def make_objective(name: str, *, event_shape: int | Sequence[int], nll_weight: f
     * ``"mmd"``: ``kernel`` (``"fixed"`` or ``"learned"``: an encoder from
       :func:`~pyro_spn.nets.make_encoder` with ``encoder_features`` outputs), ``bandwidths``,
       ``encoder_features``, ``encoder_lr``, ``encoder_steps``, ``scale`` (see :class:`MMDObjective`).
-    * ``"pae"``: ``latent_dim`` (16), ``reconstruction``, ``scale`` (see :class:`AutoEncodingObjective`).
+    * ``"pae"``: ``reconstruction``, ``scale`` (see :class:`AutoEncodingObjective`; the latents are the model's,
+      e.g. :class:`~pyro_spn.joint.JointSPN`).
 
     ``nll_weight > 0`` wraps a sample-based objective in :class:`HybridObjective`.
 
@@ -82,7 +85,7 @@ def make_objective(name: str, *, event_shape: int | Sequence[int], nll_weight: f
         ValueError: for an unknown ``name``; TypeError for an option ``name`` does not take.
     """
     if name not in _FACTORIES:
-        raise ValueError(f"name must be one of {OBJECTIVES}, got {name!r}")
+        raise ValueError(f"name must be one of {', '.join(OBJECTIVES)}; got {name!r}")
     factory = _FACTORIES[name]
     accepted = [p for p in inspect.signature(factory).parameters if p != "event_shape"]
     unknown = sorted(set(options) - set(accepted))

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distribution import SPNDistribution
-from .base import Objective, check_betas, check_module, check_steps, frozen, positive
+from .. import checks
+from .base import Generative, Objective, frozen
 
 
 class AdversarialObjective(Objective):
@@ -32,21 +32,22 @@ class AdversarialObjective(Objective):
     """
 
     name = "adv"
+    optimizer: torch.optim.Optimizer
 
     def __init__(self, discriminator: nn.Module, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
                  discriminator_steps: int = 1, scale: float = 1.0) -> None:
         super().__init__()
-        self.discriminator = check_module("discriminator", discriminator)
-        self.discriminator_steps = check_steps("discriminator_steps", discriminator_steps)
-        self.scale = positive("scale", scale)
-        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=positive("lr", lr),
-                                          betas=check_betas(betas))
+        self.discriminator = checks.trainable_module("discriminator", discriminator)
+        self.discriminator_steps = checks.integer("discriminator_steps", discriminator_steps)
+        self.scale = checks.positive("scale", scale)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=checks.positive("lr", lr),
+                                          betas=checks.betas("betas", betas))
 
     def logits(self, x: Tensor) -> Tensor:
         """The discriminator's logits ``[N]`` of model-space data ``x [N, *event_shape]``."""
         return self.discriminator(x / self.scale)
 
-    def auxiliary_step(self, d: SPNDistribution, x: Tensor) -> dict[str, float]:
+    def auxiliary_step(self, d: Generative, x: Tensor) -> dict[str, float]:
         """``discriminator_steps`` discriminator updates; returns the last update's loss and mean
         probabilities ``D(real)``, ``D(fake)`` (before that update)."""
         n = x.shape[0]
@@ -63,7 +64,7 @@ class AdversarialObjective(Objective):
         return {"discriminator_loss": float(loss.detach()), "d_real": float(probs[:n].mean()),
                 "d_fake": float(probs[n:].mean())}
 
-    def loss(self, d: SPNDistribution, x: Tensor) -> Tensor:
+    def loss(self, d: Generative, x: Tensor) -> Tensor:
         """The generator loss on ``x.shape[0]`` differentiable samples (``x`` sets only the batch size)."""
         fake = d.rsample((x.shape[0],))
         with frozen(self.discriminator):

@@ -1,62 +1,83 @@
-"""The interface every objective implements."""
+"""The interface every objective implements, and what objectives may assume of a model."""
 
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from numbers import Real
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from ..distribution import SPNDistribution
-from ..leaves import Leaf
-from ..spn import RatSPN
+
+@runtime_checkable
+class Generative(Protocol):
+    """What a sample-based objective trains: anything with differentiable samples, such as
+    :class:`~pyro_spn.SPNDistribution` or a GAN :class:`~pyro_spn.nets.Generator`."""
+
+    def rsample(self, sample_shape: Sequence[int] = ...) -> Tensor:
+        """Differentiable samples ``[*sample_shape, *event_shape]``."""
+        ...
+
+
+@runtime_checkable
+class Density(Protocol):
+    """What the likelihood objective trains: anything with a differentiable ``log_prob``."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """``log p(value)`` ``[N]`` of ``value [N, *event_shape]``."""
+        ...
+
+
+@runtime_checkable
+class EvidenceBound(Protocol):
+    """What the ELBO objective trains: a latent-variable model with an evidence lower bound, such as the
+    :class:`~pyro_spn.nets.VAE` baseline."""
+
+    def elbo(self, x: Tensor) -> Tensor:
+        """A lower bound of ``log p(x)``, ``[N]``, for ``x [N, *event_shape]``."""
+        ...
+
+
+@runtime_checkable
+class AutoEncoder(Protocol):
+    """What the auto-encoding objective trains: an encoder of data into extra variables and a differentiable
+    decoder back, such as :class:`~pyro_spn.joint.MarginalSPNDistribution`."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``x [N, *event_shape]`` → codes ``[N, E]``."""
+        ...
+
+    def decode(self, extra: Tensor) -> Tensor:
+        """Codes ``[N, E]`` → differentiable reconstructions ``[N, *event_shape]``."""
+        ...
 
 
 class Objective(nn.Module, metaclass=abc.ABCMeta):
-    """A training loss over an :class:`~pyro_spn.SPNDistribution` and a data batch, usable without a trainer.
+    """A training loss over a distribution (or any model with the methods the loss uses) and a data batch,
+    usable without a trainer.
 
-    The loss is minimized w.r.t. the circuit's parameters (and a learned temperature's). Objectives with
-    neural parts (a discriminator, a kernel encoder) update them in :meth:`auxiliary_step` with their
-    own optimizer, whose state is part of the objective's ``state_dict`` (so a checkpoint of the
-    objective resumes it). Data are passed in model space (e.g. Binomial counts ``0..N``).
-
-    A trainer step::
+    The loss is minimized w.r.t. the model's parameters (and a learned temperature's). Objectives with neural
+    parts (a discriminator, a kernel encoder) update them in :meth:`auxiliary_step` with their own optimizer,
+    whose state is part of the objective's ``state_dict`` (so a checkpoint of the objective resumes it). Data are
+    passed in model space (e.g. Binomial counts ``0..N``). A training step::
 
         metrics = objective.auxiliary_step(d, x)
         objective.loss(d, x).backward()
-        spn_optimizer.step()
+        model_optimizer.step()
     """
 
     name: str = ""
     optimizer: torch.optim.Optimizer | None = None
 
     @abc.abstractmethod
-    def loss(self, d: SPNDistribution, x: Tensor) -> Tensor:
-        """The scalar loss of the batch ``x [N, *event_shape]``."""
+    def loss(self, d: Any, x: Tensor) -> Tensor:
+        """The scalar loss of the batch ``x [N, *event_shape]`` under the model ``d``."""
 
-    def auxiliary_step(self, d: SPNDistribution, x: Tensor) -> dict[str, float]:
+    def auxiliary_step(self, d: Any, x: Tensor) -> dict[str, float]:
         """Updates the objective's own neural parts on ``x [N, *event_shape]``; returns metrics."""
         return {}
-
-    def log_likelihood(self, d: SPNDistribution, x: Tensor) -> Tensor:
-        """``log p(x)``, shape ``[N]``, for validation."""
-        return d.log_prob(x)
-
-    def sample(self, d: SPNDistribution, n: int) -> Tensor:
-        """``n`` exact samples ``[n, *data_event_shape]`` (no gradient)."""
-        return d.sample((n,))
-
-    def build_spn(self, event_shape: int | Sequence[int], leaf: Leaf, *, depth: int, num_repetitions: int,
-                  num_sums: int, num_leaves: int, seed: int = 0) -> RatSPN:
-        """The circuit this objective trains, for data of ``event_shape`` with leaves ``leaf``
-        (a circuit over the data itself unless the objective models more, as PAE does)."""
-        return RatSPN(event_shape, depth=depth, num_repetitions=num_repetitions, num_sums=num_sums,
-                      num_leaves=num_leaves, leaf=leaf, seed=seed)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {} if self.optimizer is None else {"optimizer": self.optimizer.state_dict()}
@@ -64,37 +85,6 @@ class Objective(nn.Module, metaclass=abc.ABCMeta):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if self.optimizer is not None and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
-
-
-def positive(name: str, value: float) -> float:
-    """``value`` as a float if it is a finite number ``> 0``; a ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_steps(name: str, steps: int) -> int:
-    """``steps`` if it is an integer ``>= 1``; a ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {steps!r}")
-    return steps
-
-
-def check_betas(betas: tuple[float, float]) -> tuple[float, float]:
-    """Adam's ``betas`` if both lie in ``[0, 1)``."""
-    if (not isinstance(betas, Sequence) or len(betas) != 2
-            or any(isinstance(b, bool) or not isinstance(b, Real) or not 0 <= b < 1 for b in betas)):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-    return float(betas[0]), float(betas[1])
-
-
-def check_module(name: str, module: nn.Module) -> nn.Module:
-    """``module`` if it is an ``nn.Module`` with trainable parameters."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module, got {type(module).__name__}")
-    if not any(p.requires_grad for p in module.parameters()):
-        raise ValueError(f"{name} must have trainable parameters")
-    return module
 
 
 @contextmanager

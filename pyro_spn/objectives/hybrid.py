@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from numbers import Real
+from typing import Any
 
 from torch import Tensor
 
-from ..distribution import SPNDistribution
-from ..leaves import Leaf
-from ..spn import RatSPN
+from .. import checks
 from .base import Objective
 
 
 class HybridObjective(Objective):
-    """``loss = base.loss + nll_weight · (−mean log p(x))``, with ``log p`` the base's
-    :meth:`~Objective.log_likelihood` (PAE: the data marginal).
+    """``loss = base.loss + nll_weight · (−mean log p(x))``, with ``log p`` the model's ``log_prob`` (for a joint
+    circuit trained by PAE: the data's marginal).
 
-    Everything else (auxiliary steps, sampling, the circuit it builds) is the base's. Likelihood
-    pre-training is the trainer's job, not this objective's.
+    The auxiliary steps are the base's. Likelihood pre-training is the trainer's job, not this objective's.
 
     Args:
         base: the sample-based objective.
@@ -30,25 +25,12 @@ class HybridObjective(Objective):
         super().__init__()
         if not isinstance(base, Objective):
             raise TypeError(f"base must be a pyro_spn.objectives.Objective, got {type(base).__name__}")
-        if isinstance(nll_weight, bool) or not isinstance(nll_weight, Real) or not 0 <= nll_weight < math.inf:
-            raise ValueError(f"nll_weight must be a finite number >= 0, got {nll_weight!r}")
         self.base = base
-        self.nll_weight = float(nll_weight)
+        self.nll_weight = checks.non_negative("nll_weight", nll_weight)
         self.name = f"{base.name}+ll"
 
-    def loss(self, d: SPNDistribution, x: Tensor) -> Tensor:
-        return self.base.loss(d, x) - self.nll_weight * self.base.log_likelihood(d, x).mean()
+    def loss(self, d: Any, x: Tensor) -> Tensor:
+        return self.base.loss(d, x) - self.nll_weight * d.log_prob(x).mean()
 
-    def auxiliary_step(self, d: SPNDistribution, x: Tensor) -> dict[str, float]:
+    def auxiliary_step(self, d: Any, x: Tensor) -> dict[str, float]:
         return self.base.auxiliary_step(d, x)
-
-    def log_likelihood(self, d: SPNDistribution, x: Tensor) -> Tensor:
-        return self.base.log_likelihood(d, x)
-
-    def sample(self, d: SPNDistribution, n: int) -> Tensor:
-        return self.base.sample(d, n)
-
-    def build_spn(self, event_shape: int | Sequence[int], leaf: Leaf, *, depth: int, num_repetitions: int,
-                  num_sums: int, num_leaves: int, seed: int = 0) -> RatSPN:
-        return self.base.build_spn(event_shape, leaf, depth=depth, num_repetitions=num_repetitions,
-                                   num_sums=num_sums, num_leaves=num_leaves, seed=seed)

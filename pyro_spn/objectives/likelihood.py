@@ -1,4 +1,4 @@
-"""LL: maximum likelihood, as a plain loss and as a Pyro model for SVI."""
+"""LL: maximum likelihood, as a plain loss and as a Pyro model for SVI; the ELBO for latent-variable baselines."""
 
 from __future__ import annotations
 
@@ -6,17 +6,29 @@ import pyro
 from torch import Tensor
 
 from ..distribution import SPNDistribution
-from .base import Objective
+from .base import Density, EvidenceBound, Objective
 
 
 class LikelihoodObjective(Objective):
-    """``loss = −mean log p(x)`` (exact; NaN entries of ``x`` are marginalized)."""
+    """``loss = −mean log p(x)`` over anything with a differentiable ``log_prob`` (exact for circuits; NaN entries
+    of ``x`` are marginalized)."""
 
     name = "ll"
 
-    def loss(self, d: SPNDistribution, x: Tensor) -> Tensor:
+    def loss(self, d: Density, x: Tensor) -> Tensor:
         """``x [N, *event_shape]`` → the mean negative log-likelihood, a scalar."""
         return -d.log_prob(x).mean()
+
+
+class ELBOObjective(Objective):
+    """``loss = −mean ELBO(x)`` over anything with an ``elbo(x)`` (``[N]``), such as the
+    :class:`~pyro_spn.nets.VAE` baseline: maximum likelihood through its evidence lower bound."""
+
+    name = "ll"
+
+    def loss(self, d: EvidenceBound, x: Tensor) -> Tensor:
+        """``x [N, *event_shape]`` → the mean negative ELBO, a scalar."""
+        return -d.elbo(x).mean()
 
 
 def likelihood_model(d: SPNDistribution, x: Tensor, name: str = "spn") -> None:

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from contextlib import nullcontext
-from numbers import Real
 
 import torch
 from torch import Tensor, nn
 
-from ..distribution import SPNDistribution
-from .base import Objective, check_module, check_steps, frozen, positive
+from .. import checks
+from .base import Generative, Objective, frozen
 
 BANDWIDTHS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def _check_bandwidths(bandwidths: Sequence[float]) -> tuple[float, ...]:
-    if (not isinstance(bandwidths, Sequence) or not bandwidths
-            or any(isinstance(s, bool) or not isinstance(s, Real) or not 0 < s < math.inf for s in bandwidths)):
-        raise ValueError(f"bandwidths must be a non-empty sequence of finite numbers > 0, got {bandwidths!r}")
-    return tuple(float(s) for s in bandwidths)
+    if isinstance(bandwidths, str) or not isinstance(bandwidths, Sequence):
+        raise TypeError(f"bandwidths must be a non-empty sequence of finite numbers > 0, got {bandwidths!r}")
+    if not bandwidths:
+        raise ValueError("bandwidths must be a non-empty sequence of finite numbers > 0, got an empty one")
+    return tuple(checks.positive("bandwidths", s) for s in bandwidths)
 
 
 def mmd2(x: Tensor, y: Tensor, bandwidths: Sequence[float] = BANDWIDTHS, unbiased: bool = True) -> Tensor:
@@ -89,10 +88,10 @@ class MMDObjective(Objective):
                  encoder_lr: float = 5e-3, encoder_steps: int = 1, scale: float = 1.0) -> None:
         super().__init__()
         self.bandwidths = _check_bandwidths(bandwidths)
-        self.scale = positive("scale", scale)
-        self.encoder_steps = check_steps("encoder_steps", encoder_steps)
-        encoder_lr = positive("encoder_lr", encoder_lr)
-        self.encoder = None if encoder is None else check_module("encoder", encoder)
+        self.scale = checks.positive("scale", scale)
+        self.encoder_steps = checks.integer("encoder_steps", encoder_steps)
+        encoder_lr = checks.positive("encoder_lr", encoder_lr)
+        self.encoder = None if encoder is None else checks.trainable_module("encoder", encoder)
         if self.encoder is not None:
             self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=encoder_lr)
 
@@ -105,22 +104,23 @@ class MMDObjective(Objective):
         """The unbiased MMD² between model-space batches ``x`` and ``y`` under this objective's kernel."""
         return mmd2(self.features(x), self.features(y), self.bandwidths)
 
-    def auxiliary_step(self, d: SPNDistribution, x: Tensor) -> dict[str, float]:
+    def auxiliary_step(self, d: Generative, x: Tensor) -> dict[str, float]:
         """``encoder_steps`` encoder updates maximizing the MMD (none for the fixed kernel); returns the
         MMD² before the last update."""
-        if self.encoder is None:
+        optimizer = self.optimizer
+        if self.encoder is None or optimizer is None:
             return {}
         for _ in range(self.encoder_steps):
             with torch.no_grad():
                 fake = d.rsample((x.shape[0],)).to(x.dtype)
             distance = self.distance(x, fake)
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             (-distance).backward()
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)  # no gradients left behind on the net
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # no gradients left behind on the net
         return {"encoder_mmd2": float(distance.detach())}
 
-    def loss(self, d: SPNDistribution, x: Tensor) -> Tensor:
+    def loss(self, d: Generative, x: Tensor) -> Tensor:
         """MMD² between ``x [N, *event_shape]`` and ``N`` differentiable samples, a scalar."""
         fake = d.rsample((x.shape[0],))
         with nullcontext() if self.encoder is None else frozen(self.encoder):

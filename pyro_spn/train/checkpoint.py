@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .. import atomic
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -53,20 +54,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Writes ``state`` to ``path`` through a temporary file in the same folder and ``os.replace``, so the
-    previous checkpoint stays intact until the new one is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format_version": FORMAT_VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+    """Writes ``state`` to ``path`` atomically (:mod:`pyro_spn.atomic`), so the previous checkpoint stays intact
+    until the new one is complete."""
+    atomic.write_atomically(path, lambda temp: torch.save({"format_version": FORMAT_VERSION, **state}, temp))
 
 
 @contextmanager

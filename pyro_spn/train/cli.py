@@ -7,7 +7,6 @@ exit with code 2; a non-finite loss exits with code 1; an interruption with code
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,14 @@ import click
 import torch
 from click.core import ParameterSource
 
+from ..command import CONTEXT, HANDLED, OneLineErrors, failure, interrupted
 from ..data import DATASETS
-from .config import (
-    BASELINE_LRS,
-    BASELINE_OBJECTIVES,
-    DEVICES,
-    INTERPOLATIONS,
-    LEAVES,
-    MODELS,
-    OBJECTIVES,
-    TEMPERATURES,
-    TrainConfig,
-)
+from ..objectives import OBJECTIVES
+from ..sampling import INTERPOLATIONS
+from ..temperature import KINDS as TEMPERATURES
+from .config import DEVICES, LEAVES, MODEL_DEFAULTS, MODELS, TrainConfig
 from .sample import SIDES, SavedRun, write_inpainting, write_samples
-from .trainer import NonFiniteLossError, Trainer
+from .trainer import Trainer
 
 _DEFAULTS = TrainConfig()
 _POSITIVE_INT = click.IntRange(min=1)
@@ -36,51 +29,21 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 _NON_NEGATIVE = click.FloatRange(min=0)
 # Options a resumed run accepts; the rest of its config comes from its checkpoint.
 _RESUME_OPTIONS = ("resume", "output", "device", "epochs", "progress")
+_MODEL_DEFAULTS = ", ".join(f"{model}: {objective}, {lr:g}" for model, (objective, lr) in MODEL_DEFAULTS.items())
 
 
-class _Failure(click.ClickException):
-    """A failure reported as one line, with the given exit code."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class _OneLineErrors(click.Command):
-    """A command whose errors (usage errors included) are one line ``Error: ...`` on stderr, never a
-    traceback or a usage block."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> None:
-        try:
-            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as error:
-            click.echo(f"Error: {' '.join(error.format_message().split())}", err=True)
-            sys.exit(error.exit_code)
-        except click.Abort:
-            click.echo("Error: interrupted", err=True)
-            sys.exit(130)
-        sys.exit(result if isinstance(result, int) else 0)
-
-
-def _failure(error: BaseException) -> _Failure:
-    """The one-line report of an error raised by the library."""
-    if isinstance(error, NonFiniteLossError):
-        return _Failure(str(error), exit_code=1)
-    return _Failure(" ".join(str(error).split()) or type(error).__name__)
-
-
-_HANDLED = (NonFiniteLossError, ValueError, TypeError, OSError)
-
-
-@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=OneLineErrors, context_settings=CONTEXT)
 @click.option("--model", type=click.Choice(MODELS), default=_DEFAULTS.model, show_default=True,
               help="What to train: the circuit (spn) or a neural baseline with as many parameters as that circuit "
                    "would have: vae (objective ll, its ELBO), gan (objective adv) or mmd-gan (objective mmd, learned "
-                   "kernel). A baseline's --objective and --lr default to its own (ll/adv/mmd; lr 1e-3, 2e-4, 2e-4).")
-@click.option("--objective", type=click.Choice(OBJECTIVES), default=_DEFAULTS.objective, show_default=True,
+                   "kernel).")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
+              show_default=f"the model's ({_MODEL_DEFAULTS})",
               help="Training objective: ll (maximum likelihood), adv (adversarial, neural discriminator), mmd "
                    "(maximum mean discrepancy), pae (probabilistic auto-encoding over data and Gaussian latents).")
+@click.option("--class-conditional", is_flag=True, default=_DEFAULTS.class_conditional,
+              help="A circuit over the data and the class label (objective ll, labelled data sets): a "
+                   "class-conditional generator and generative classifier; pictures show a row per class.")
 @click.option("--dataset", type=click.Choice(DATASETS), default=_DEFAULTS.dataset, show_default=True,
               help="Data set: a synthetic 2-D set or an image set (digits is bundled and needs no files).")
 @click.option("--data-root", default=_DEFAULTS.data_root, show_default=True, type=click.Path(file_okay=False),
@@ -106,13 +69,13 @@ _HANDLED = (NonFiniteLossError, ValueError, TypeError, OSError)
               help="Floor of the annealed temperature.")
 @click.option("--tau-rate", type=_NON_NEGATIVE, default=_DEFAULTS.tau_rate, show_default=True,
               help="Decay rate of the annealed temperature: tau * exp(-rate * epoch / epochs).")
-@click.option("--straight-through/--soft", "straight_through", default=_DEFAULTS.straight_through,
-              show_default=True, help="Differentiable samples: exact forward with straight-through gradients, "
-                                      "or the paper's soft interpolation of child samples.")
+@click.option("--hard/--soft", default=_DEFAULTS.hard, show_default=True,
+              help="Differentiable samples: exact forward with straight-through gradients (--hard), or the paper's "
+                   "soft interpolation of child samples (--soft).")
 @click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=_DEFAULTS.interpolation,
               show_default=True, help="Soft selections per sum unit (the paper's) or per region (K times cheaper).")
-@click.option("--lr", type=_POSITIVE, default=_DEFAULTS.lr, show_default=True,
-              help="Adam learning rate of the circuit (and a learned temperature).")
+@click.option("--lr", type=_POSITIVE, default=None, show_default=f"the model's ({_MODEL_DEFAULTS})",
+              help="Adam learning rate of the circuit or baseline (and a learned temperature).")
 @click.option("--batch-size", type=_POSITIVE_INT, default=_DEFAULTS.batch_size, show_default=True,
               help="Examples per mini-batch.")
 @click.option("--epochs", type=_POSITIVE_INT, default=_DEFAULTS.epochs, show_default=True,
@@ -181,17 +144,12 @@ def train(ctx: click.Context, resume: bool, progress: bool, **options: Any) -> N
             trainer = Trainer.resume(options["output"], device=options["device"] if given_device else None,
                                      epochs=options["epochs"] if given_epochs else None, progress=progress)
         else:
-            model = options["model"]
-            if model != "spn" and ctx.get_parameter_source("objective") is ParameterSource.DEFAULT:
-                options["objective"] = BASELINE_OBJECTIVES[model]
-            if model != "spn" and ctx.get_parameter_source("lr") is ParameterSource.DEFAULT:
-                options["lr"] = BASELINE_LRS[model]
             trainer = Trainer(TrainConfig(**options), progress=progress)
         trainer.fit()
-    except _HANDLED as error:
-        raise _failure(error) from None
+    except HANDLED as error:
+        raise failure(error) from None
     except KeyboardInterrupt:
-        raise _Failure("interrupted; continue from the last finished epoch with --resume", exit_code=130) from None
+        raise interrupted("continue from the last finished epoch with --resume") from None
     click.echo(f"run written to {trainer.run_dir}")
 
 
@@ -200,7 +158,7 @@ def _option_name(ctx: click.Context, name: str) -> str:
     return option.opts[0]
 
 
-@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=OneLineErrors, context_settings=CONTEXT)
 @click.option("--checkpoint", "run", required=True, type=click.Path(path_type=Path),
               help="A run folder (or its checkpoint.pt).")
 @click.option("--num-samples", type=_POSITIVE_INT, default=64, show_default=True,
@@ -208,7 +166,7 @@ def _option_name(ctx: click.Context, name: str) -> str:
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               show_default="RUN/sample.png or RUN/inpaint_SIDE.png",
               help="The picture: a grid of samples (2-D data: the density with the samples), or with --inpaint "
-                   "rows of originals, masked images, conditional samples and MPE completions.")
+                   "rows of originals, masked images, conditional samples and max-product completions.")
 @click.option("--inpaint", type=click.Choice(SIDES), default=None,
               help="Complete test images whose given half is missing instead of sampling unconditionally.")
 @click.option("--hdf5", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -239,20 +197,6 @@ def sample(run: Path, num_samples: int, output: Path | None, inpaint: str | None
             write_samples(saved, num_samples, picture, hdf5)
         else:
             write_inpainting(saved, inpaint, num_samples, picture, hdf5, data_root)
-    except _HANDLED as error:
-        raise _failure(error) from None
+    except HANDLED as error:
+        raise failure(error) from None
     click.echo(f"picture written to {picture}" + ("" if hdf5 is None else f", samples to {hdf5}"))
-
-
-def main_train() -> None:
-    """Entry point of the ``pyrospn-train`` console script."""
-    train.main(prog_name="pyrospn-train")
-
-
-def main_sample() -> None:
-    """Entry point of the ``pyrospn-sample`` console script."""
-    sample.main(prog_name="pyrospn-sample")
-
-
-if __name__ == "__main__":
-    main_train()

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields
-from numbers import Real
 from pathlib import Path
 
+from .. import checks
 from ..data import DATASETS
+from ..data import LEAVES as DATA_LEAVES
+from ..objectives import OBJECTIVES
+from ..sampling import INTERPOLATIONS
+from ..temperature import KINDS as TEMPERATURES
 
 MODELS: tuple[str, ...] = ("spn", "vae", "gan", "mmd-gan")
-OBJECTIVES: tuple[str, ...] = ("ll", "adv", "mmd", "pae")
-# The objective each baseline trains with: the VAE maximizes its ELBO (its likelihood bound), the GAN is
-# trained adversarially, the MMD-GAN by the MMD with an adversarially learned kernel (mmd_adversarial).
-BASELINE_OBJECTIVES: dict[str, str] = {"vae": "ll", "gan": "adv", "mmd-gan": "mmd"}
-# Suggested learning rates of the baselines' networks (the CLI's default --lr for them).
-BASELINE_LRS: dict[str, float] = {"vae": 1e-3, "gan": 2e-4, "mmd-gan": 2e-4}
-LEAVES: tuple[str, ...] = ("auto", "binomial", "normal", "bernoulli")
-TEMPERATURES: tuple[str, ...] = ("constant", "annealed", "learned")
-INTERPOLATIONS: tuple[str, ...] = ("unit", "region")
+#: The objective and learning rate each model trains with by default: the circuit by likelihood; the VAE maximizes
+#: its ELBO (its likelihood bound), the GAN is trained adversarially, the MMD-GAN by the MMD with an adversarially
+#: learned kernel (mmd_adversarial). The baselines' objectives are fixed.
+MODEL_DEFAULTS: dict[str, tuple[str, float]] = {"spn": ("ll", 1e-2), "vae": ("ll", 1e-3), "gan": ("adv", 2e-4),
+                                                "mmd-gan": ("mmd", 2e-4)}
+LEAVES: tuple[str, ...] = ("auto", *DATA_LEAVES)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: Fields of earlier versions of the config, and their names now.
+RENAMED_FIELDS: dict[str, str] = {"straight_through": "hard"}
 
 
 @dataclass
@@ -47,10 +49,10 @@ class TrainConfig:
         tau: the constant, starting or initial ``τ``.
         tau_min: the annealed schedule's floor.
         tau_rate: the annealed schedule's decay rate (``τ = max(tau_min, tau · exp(−rate · epoch / epochs))``).
-        straight_through: exact samples forward, relaxed gradient backward; ``False`` (default) is the
-            paper's soft interpolation of child samples (sample-based objectives only).
+        hard: differentiable samples are exact forward with straight-through gradients backward; ``False``
+            (default) is the paper's soft interpolation of child samples (sample-based objectives only).
         interpolation: ``"unit"`` (the paper's, every sum unit draws) or ``"region"`` (``K`` times cheaper).
-        lr: the circuit's (or the baseline's) Adam learning rate.
+        lr: the circuit's (or the baseline's) Adam learning rate; ``None`` for the model's (:data:`MODEL_DEFAULTS`).
         batch_size: examples per mini-batch.
         epochs: passes over the training split (pre-training epochs included).
         seed: seeds the data split, the circuit, the neural parts, the shuffles and the sampler.
@@ -69,7 +71,8 @@ class TrainConfig:
     """
 
     model: str = "spn"
-    objective: str = "ll"
+    objective: str | None = None
+    class_conditional: bool = False
     dataset: str = "digits"
     data_root: str = "data"
     download: bool = False
@@ -82,9 +85,9 @@ class TrainConfig:
     tau: float = 1.0
     tau_min: float = 0.5
     tau_rate: float = 1.0
-    straight_through: bool = False
+    hard: bool = False
     interpolation: str = "unit"
-    lr: float = 1e-2
+    lr: float | None = None
     batch_size: int = 128
     epochs: int = 30
     seed: int = 0
@@ -101,6 +104,12 @@ class TrainConfig:
     num_final_samples: int = 1000
     max_batches_per_epoch: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.model in MODEL_DEFAULTS:
+            objective, lr = MODEL_DEFAULTS[self.model]
+            self.objective = objective if self.objective is None else self.objective
+            self.lr = lr if self.lr is None else self.lr
+
     @property
     def run_dir(self) -> Path:
         """The run folder: ``output``, or ``runs/<objective>-<dataset>-seed<seed>`` (a baseline's name instead of
@@ -109,54 +118,57 @@ class TrainConfig:
         return Path(self.output if self.output is not None else f"runs/{name}-{self.dataset}-seed{self.seed}")
 
     def validate(self) -> TrainConfig:
-        """Raises ``ValueError`` naming the first bad field and its accepted values; returns ``self``."""
-        _choice("model", self.model, MODELS)
-        _choice("objective", self.objective, OBJECTIVES)
-        _choice("dataset", self.dataset, tuple(DATASETS))
-        _choice("leaf", self.leaf, LEAVES)
-        _choice("temperature", self.temperature, TEMPERATURES)
-        _choice("interpolation", self.interpolation, INTERPOLATIONS)
-        _choice("device", self.device, DEVICES)
-        for name in ("download", "straight_through", "resume", "mmd_adversarial"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        """Raises ``ValueError`` (``TypeError`` for a value of the wrong type) naming the first bad field and its
+        accepted values; returns ``self``."""
+        checks.choice("model", self.model, MODELS)
+        checks.choice("objective", self.objective, OBJECTIVES)
+        checks.choice("dataset", self.dataset, DATASETS)
+        checks.choice("leaf", self.leaf, LEAVES)
+        checks.choice("temperature", self.temperature, TEMPERATURES)
+        checks.choice("interpolation", self.interpolation, INTERPOLATIONS)
+        checks.choice("device", self.device, DEVICES)
+        for name in ("download", "hard", "resume", "mmd_adversarial", "class_conditional"):
+            checks.flag(name, getattr(self, name))
         if not isinstance(self.data_root, str) or not self.data_root:
             raise ValueError(f"data_root must be a non-empty path, got {self.data_root!r}")
         if self.output is not None and (not isinstance(self.output, str) or not self.output):
             raise ValueError(f"output must be a non-empty path or None, got {self.output!r}")
         if self.depth is not None:
-            _integer("depth", self.depth, 1)
+            checks.integer("depth", self.depth, maximum=30)
         for name in ("num_repetitions", "num_sums", "num_leaves", "batch_size", "epochs", "discriminator_steps",
                      "latent_dim", "num_final_samples"):
-            _integer(name, getattr(self, name), 1)
-        _integer("seed", self.seed, 0)
-        _integer("pretrain_epochs", self.pretrain_epochs, 0)
+            checks.integer(name, getattr(self, name))
+        checks.integer("seed", self.seed, minimum=0, maximum=2**63 - 1)
+        checks.integer("pretrain_epochs", self.pretrain_epochs, minimum=0)
         if self.pretrain_epochs > self.epochs:
             raise ValueError(f"pretrain_epochs must be <= epochs ({self.epochs}), got {self.pretrain_epochs}")
         if self.max_batches_per_epoch is not None:
-            _integer("max_batches_per_epoch", self.max_batches_per_epoch, 1)
+            checks.integer("max_batches_per_epoch", self.max_batches_per_epoch)
         for name in ("tau", "tau_min", "lr", "discriminator_lr", "encoder_lr"):
-            _number(name, getattr(self, name), positive=True)
+            checks.positive(name, getattr(self, name))
         for name in ("tau_rate", "nll_weight"):
-            _number(name, getattr(self, name), positive=False)
+            checks.non_negative(name, getattr(self, name))
         if self.objective == "ll" and self.nll_weight != 0:
             raise ValueError(f"nll_weight must be 0 for the objective ll (the NLL itself), got {self.nll_weight}")
         if self.temperature == "annealed" and self.tau_min > self.tau:
             raise ValueError(f"tau_min must be <= tau ({self.tau}) for the annealed temperature, got {self.tau_min}")
+        if self.class_conditional and (self.model != "spn" or self.objective != "ll"):
+            raise ValueError(f"class_conditional needs model spn and objective ll, got model {self.model!r} and "
+                             f"objective {self.objective!r}")
         if self.model != "spn":
             self._validate_baseline()
         return self
 
     def _validate_baseline(self) -> None:
         """A baseline fixes its objective and has no circuit-only options."""
-        expected = BASELINE_OBJECTIVES[self.model]
+        expected = MODEL_DEFAULTS[self.model][0]
         if self.objective != expected:
-            raise ValueError(f"objective must be {expected} for model {self.model} (the baselines train with "
-                             f"{', '.join(f'{m}: {o}' for m, o in BASELINE_OBJECTIVES.items())}), got "
-                             f"{self.objective!r}")
+            fixed = ", ".join(f"{m}: {o}" for m, (o, _) in MODEL_DEFAULTS.items() if m != "spn")
+            raise ValueError(f"objective must be {expected} for model {self.model} (the baselines train with {fixed}), "
+                             f"got {self.objective!r}")
         if self.model == "mmd-gan" and not self.mmd_adversarial:
             raise ValueError("mmd_adversarial must be true for model mmd-gan (a learned kernel), got False")
-        for name, default in (("pretrain_epochs", 0), ("nll_weight", 0.0), ("straight_through", False)):
+        for name, default in (("pretrain_epochs", 0), ("nll_weight", 0.0), ("hard", False)):
             if getattr(self, name) != default:
                 raise ValueError(f"{name} must be {default} for model {self.model} (it is a circuit option), "
                                  f"got {getattr(self, name)!r}")
@@ -175,24 +187,10 @@ class TrainConfig:
             raise ValueError(f"config: not valid JSON ({error})") from None
         if not isinstance(values, dict):
             raise ValueError(f"config: expected a JSON object, got {type(values).__name__}")
+        values = {RENAMED_FIELDS.get(name, name): value for name, value in values.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"config: unknown fields {unknown}; accepted: {sorted(known)}")
         return cls(**values)
 
-
-def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
-
-
-def _integer(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _number(name: str, value: object, positive: bool) -> None:
-    bad = isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)
-    if bad or (value <= 0 if positive else value < 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")

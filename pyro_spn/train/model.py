@@ -1,21 +1,23 @@
-"""What a run trains, built from its config and the data's description: the circuit (or a neural baseline),
-the objective and the temperature."""
+"""What a run trains, built from its config and the data's description: the network (a circuit, a joint circuit over
+data and latents or label, or a neural baseline), the objective and the temperature."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..data import Dataset, Preprocessing
+from ..data import Dataset, Preprocessing, model_scale
 from ..distribution import SPNDistribution
-from ..leaves import Bernoulli, Binomial, Leaf, Normal
+from ..joint import JointSPN, MarginalSPNDistribution
+from ..leaves import Categorical, Leaf, Normal, leaf_from_config
 from ..nets import VAE, Generator
-from ..objectives import AutoEncodingObjective, HybridObjective, Objective, make_objective
+from ..objectives import ELBOObjective, Objective, make_objective
+from ..sampling import Interpolation
 from ..spn import RatSPN
 from ..temperature import ConstantTemperature, Temperature, make_temperature
 from .config import TrainConfig
@@ -27,41 +29,53 @@ DENSITY_POINTS = 1000  # samples (and at most as many data points) drawn on a de
 PICTURE_IMPORTANCE = 8  # importance samples of the VAE's log-density on a density picture (65536 points)
 HISTOGRAM_SAMPLES = 20000  # samples whose histogram stands in for the density of a model without a likelihood
 GAN_BETAS = (0.5, 0.999)  # Adam's betas for the generators of the GAN and MMD-GAN baselines (DCGAN's)
-Network = RatSPN | VAE | Generator
+Network = RatSPN | JointSPN | VAE | Generator
+Distribution = SPNDistribution | MarginalSPNDistribution | VAE | Generator
 
 
 @dataclass(frozen=True)
 class DataInfo:
-    """The facts about a data set that the model depends on (saved in checkpoints, so a run can be
-    sampled without its data)."""
+    """The facts about a data set that the model depends on (saved in checkpoints, so a run can be sampled without
+    its data).
+
+    Attributes:
+        name: the data set.
+        event_shape: the data's shape.
+        leaf: the leaf family that models it.
+        is_image: whether the data are images.
+        num_classes: the number of class labels (``None`` for data sets without labels).
+    """
 
     name: str
     event_shape: tuple[int, ...]
-    leaf: str
-    total_count: int | None
+    leaf: Leaf
     is_image: bool
+    num_classes: int | None = None
 
     @classmethod
     def of(cls, dataset: Dataset) -> DataInfo:
-        return cls(dataset.name, tuple(dataset.event_shape), dataset.leaf, dataset.total_count, dataset.is_image)
+        labels = dataset.train_labels
+        num_classes = None if labels is None else int(labels.max()) + 1
+        return cls(dataset.name, tuple(dataset.event_shape), dataset.leaf, dataset.is_image, num_classes)
+
+    @property
+    def scale(self) -> float:
+        """Model-space data divided by it lie in ``[0, 1]`` for images (the Binomial ``total_count``, else 1)."""
+        return model_scale(self.leaf)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "event_shape": list(self.event_shape)}
+        return {"name": self.name, "event_shape": list(self.event_shape), "leaf": self.leaf.to_config(),
+                "is_image": self.is_image, "num_classes": self.num_classes}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> DataInfo:
-        return cls(**{**state, "event_shape": tuple(state["event_shape"])})
-
-
-def make_leaf(leaf: str, total_count: int | None) -> Leaf:
-    """A fresh leaf layer of type ``leaf`` (``"binomial"`` needs ``total_count``)."""
-    if leaf == "binomial":
-        return Binomial(total_count=total_count)
-    if leaf == "normal":
-        return Normal()
-    if leaf == "bernoulli":
-        return Bernoulli()
-    raise ValueError(f"leaf must be one of binomial, normal, bernoulli; got {leaf!r}")
+        """The description :meth:`state_dict` wrote (or an earlier version's, whose ``leaf`` was a name with a
+        separate ``total_count``)."""
+        leaf = state["leaf"]
+        if isinstance(leaf, str):
+            leaf = {"type": leaf, **({"total_count": state["total_count"]} if leaf == "binomial" else {})}
+        return cls(state["name"], tuple(state["event_shape"]), leaf_from_config(leaf), bool(state["is_image"]),
+                   state.get("num_classes"))
 
 
 def auto_depth(event_shape: tuple[int, ...]) -> int:
@@ -79,24 +93,58 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class ELBOObjective(Objective):
-    """The VAE baseline's objective (``"ll"`` for ``model="vae"``): the negative ELBO; validation uses the
-    importance-weighted ``log p(x)`` (:meth:`~pyro_spn.nets.VAE.log_prob`)."""
+def spn_options(config: TrainConfig, info: DataInfo) -> dict[str, Any]:
+    """The circuit's structure arguments from ``config`` (``depth``: the config's, or :func:`auto_depth` of the
+    data), for data ``info``."""
+    depth = config.depth if config.depth is not None else auto_depth(info.event_shape)
+    return {"depth": depth, "num_repetitions": config.num_repetitions, "num_sums": config.num_sums,
+            "num_leaves": config.num_leaves, "seed": config.seed}
 
-    name = "ll"
 
-    def loss(self, d: VAE, x: Tensor) -> Tensor:
-        """``−mean ELBO`` of the batch ``x [N, *event_shape]``, a scalar."""
-        return d.loss(x)
+def extra_variables(config: TrainConfig, info: DataInfo) -> tuple[Leaf, int] | None:
+    """The extra variables of the run's circuit besides the data: ``latent_dim`` Gaussian latents for PAE, the
+    class label for class-conditional runs, none otherwise."""
+    if config.objective == "pae":
+        return Normal(), config.latent_dim
+    if config.class_conditional:
+        if info.num_classes is None or info.num_classes < 2:
+            raise ValueError(f"class_conditional: the data set {info.name!r} has no class labels")
+        return Categorical(info.num_classes), 1
+    return None
+
+
+def spn_num_parameters(config: TrainConfig, info: DataInfo) -> int:
+    """The parameter count of the circuit ``config`` describes for data ``info`` (a baseline's budget), by
+    arithmetic."""
+    options = spn_options(config, info)
+    del options["seed"]
+    extra = extra_variables(config, info)
+    if extra is None:
+        return RatSPN.num_parameters(info.event_shape, leaf=info.leaf, **options)
+    leaf = JointSPN.joint_leaf(info.event_shape, info.leaf, *extra)
+    return RatSPN.num_parameters((math.prod(info.event_shape) + extra[1],), leaf=leaf, **options)
+
+
+def _objective_options(config: TrainConfig, info: DataInfo) -> dict[str, Any]:
+    """``make_objective`` options from the config; image data are scaled to ``[0, 1]`` pixels for Binomial leaves."""
+    if config.objective == "adv":
+        return {"lr": config.discriminator_lr, "discriminator_steps": config.discriminator_steps,
+                "scale": info.scale}
+    if config.objective == "mmd":
+        return {"kernel": "learned" if config.mmd_adversarial else "fixed", "encoder_lr": config.encoder_lr,
+                "encoder_steps": config.discriminator_steps, "scale": info.scale}
+    if config.objective == "pae":
+        return {"reconstruction": "mse" if isinstance(info.leaf, Normal) else "bce", "scale": info.scale}
+    return {}
 
 
 class Model(nn.Module):
-    """The trained parts of a run: the generative network (the circuit, or a baseline of
+    """The trained parts of a run: the network (the circuit, a joint circuit, or a baseline of
     :mod:`pyro_spn.nets.baselines`), the objective (with its neural parts) and the temperature.
 
-    Built by :meth:`build`; every module is created in a fixed order from the global torch RNG (seeded by
-    the caller), so the same config and seed give the same initial model. A baseline has as many parameters
-    as the circuit the same config describes (within 10 %) and a constant temperature (it has no sum nodes).
+    Built by :meth:`build`; every module is created in a fixed order from the global torch RNG (seeded by the
+    caller), so the same config and seed give the same initial model. A baseline has as many parameters as the
+    circuit the same config describes (within 10 %) and a constant temperature (it has no sum nodes).
     """
 
     def __init__(self, network: Network, objective: Objective, temperature: Temperature, config: TrainConfig,
@@ -106,34 +154,34 @@ class Model(nn.Module):
         self.objective = objective
         self.temperature = temperature
         self.kind = config.model
-        self.hard = config.straight_through
-        self.interpolation = config.interpolation
+        self.class_conditional = config.class_conditional
+        self.hard = config.hard
+        self.interpolation: Interpolation = "region" if config.interpolation == "region" else "unit"
         self.info = info
 
     @classmethod
     def build(cls, config: TrainConfig, info: DataInfo) -> Model:
         """The model ``config`` describes for data ``info``."""
+        assert config.objective is not None
         if config.model != "spn":
             return cls._build_baseline(config, info)
         objective = make_objective(config.objective, event_shape=info.event_shape, nll_weight=config.nll_weight,
                                    **_objective_options(config, info))
-        leaf = make_leaf(info.leaf, info.total_count)
-        spn = objective.build_spn(info.event_shape, leaf, **spn_options(config, info))
+        extra = extra_variables(config, info)
+        network: Network = (RatSPN(info.event_shape, leaf=info.leaf, **spn_options(config, info)) if extra is None
+                            else JointSPN(info.event_shape, info.leaf, *extra, **spn_options(config, info)))
         temperature = make_temperature(config.temperature, config.tau, config.tau_min, config.tau_rate)
-        return cls(spn, objective, temperature, config, info)
+        return cls(network, objective, temperature, config, info)
 
     @classmethod
     def _build_baseline(cls, config: TrainConfig, info: DataInfo) -> Model:
+        assert config.objective is not None
         budget = spn_num_parameters(config, info)
-        options = {"leaf": info.leaf, "total_count": info.total_count, "latent_dim": config.latent_dim}
-        if config.model == "vae":
-            objective: Objective = ELBOObjective()
-        else:
-            objective = make_objective(config.objective, event_shape=info.event_shape,
-                                       **_objective_options(config, info))
+        objective = ELBOObjective() if config.model == "vae" else make_objective(
+            config.objective, event_shape=info.event_shape, **_objective_options(config, info))
+        kind = VAE if config.model == "vae" else Generator
         try:
-            network: Network = (VAE if config.model == "vae" else Generator).with_budget(info.event_shape, budget,
-                                                                                          **options)
+            network: Network = kind.with_budget(info.event_shape, budget, leaf=info.leaf, latent_dim=config.latent_dim)
         except ValueError as error:
             raise ValueError(f"model {config.model}: its parameter budget is the circuit's ({budget}); {error} "
                              f"(raise num_repetitions, num_sums or num_leaves)") from None
@@ -142,23 +190,21 @@ class Model(nn.Module):
     @property
     def spn(self) -> RatSPN:
         """The circuit (``kind == "spn"`` only; a baseline's network is :attr:`network`)."""
+        if isinstance(self.network, JointSPN):
+            return self.network.spn
         if not isinstance(self.network, RatSPN):
             raise AttributeError(f"model {self.kind!r} has no circuit; its network is Model.network")
         return self.network
 
     @property
     def has_likelihood(self) -> bool:
-        """Whether :meth:`log_likelihood` is defined (the circuit, exact, and the VAE, a bound; not the GANs)."""
+        """Whether :meth:`log_likelihood` is defined (circuits, exact, and the VAE, a bound; not the GANs)."""
         return self.kind in ("spn", "vae")
 
     @property
     def can_reconstruct(self) -> bool:
-        """Whether :meth:`reconstruct` is defined (the VAE and circuits trained by PAE)."""
-        return self.kind == "vae" or self._autoencoding() is not None
-
-    def _autoencoding(self) -> AutoEncodingObjective | None:
-        base = self.objective.base if isinstance(self.objective, HybridObjective) else self.objective
-        return base if isinstance(base, AutoEncodingObjective) else None
+        """Whether :meth:`reconstruct` is defined (the VAE and circuits over data and latents, trained by PAE)."""
+        return self.kind == "vae" or (isinstance(self.network, JointSPN) and not self.class_conditional)
 
     def num_parameters(self) -> int:
         """The parameter count of the generative model: the circuit, the VAE's encoder and decoder, or the
@@ -166,66 +212,95 @@ class Model(nn.Module):
         return sum(p.numel() for p in self.network.parameters())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the network's optimizer updates: the network's and a learned temperature's parameters
-        (the objective's neural parts have their own optimizer)."""
+        """What the network's optimizer updates: the network's and a learned temperature's parameters (the
+        objective's neural parts have their own optimizer)."""
         return [*self.network.parameters(), *self.temperature.parameters()]
 
     @property
     def adam_betas(self) -> tuple[float, float]:
-        """Adam's betas for :meth:`trainable_parameters`: DCGAN's ``(0.5, 0.999)`` for the GAN baselines,
-        else Adam's defaults."""
+        """Adam's betas for :meth:`trainable_parameters`: DCGAN's ``(0.5, 0.999)`` for the GAN baselines, else
+        Adam's defaults."""
         return GAN_BETAS if self.kind in ("gan", "mmd-gan") else (0.9, 0.999)
 
-    def distribution(self, temperature: Tensor | None = None) -> SPNDistribution | VAE | Generator:
-        """The circuit as a distribution at temperature ``temperature`` (default: the schedule's current ``τ``);
-        a baseline's network itself (it has the same sampling interface)."""
-        if not isinstance(self.network, RatSPN):
-            return self.network
+    # -- the model as distributions ---------------------------------------------------------------------
+    def data_distribution(self, temperature: Tensor | None = None, hard: bool | None = None) -> Distribution:
+        """The model's distribution of the data (the circuit at temperature ``temperature``, default the schedule's
+        current ``τ``; a joint circuit's data marginal; a baseline's network itself, which has the same sampling
+        interface)."""
+        network = self.network
+        if isinstance(network, VAE | Generator):
+            return network
         tau = self.temperature() if temperature is None else temperature
-        return SPNDistribution(self.network, temperature=tau, hard=self.hard, interpolation=self.interpolation)
+        hard = self.hard if hard is None else hard
+        if isinstance(network, JointSPN):
+            return network.distribution(temperature=tau, hard=hard, interpolation=self.interpolation)
+        return SPNDistribution(network, temperature=tau, hard=hard, interpolation=self.interpolation)
 
+    def distribution(self, temperature: Tensor | None = None) -> Distribution | SPNDistribution:
+        """What the objective trains: :meth:`data_distribution`, or for a class-conditional circuit the joint over
+        data and label (whose batches :meth:`training_batch` makes)."""
+        d = self.data_distribution(temperature)
+        return d.joint if self.class_conditional and isinstance(d, MarginalSPNDistribution) else d
+
+    def training_batch(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """What the objective sees of a batch ``x [N, *event_shape]``: ``x``, or for a class-conditional circuit the
+        joint of ``x`` and its ``labels [N]``."""
+        if not self.class_conditional:
+            return x
+        if labels is None:
+            raise ValueError("labels: a class-conditional run needs the data's labels")
+        assert isinstance(self.network, JointSPN)
+        return self.network.join(x, labels[:, None].to(x.device), extra_name="labels")
+
+    # -- what a run writes ----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
     @torch.no_grad()
     def sample(self, n: int, batch_size: int) -> Tensor:
-        """``n`` samples of the data ``[n, *event_shape]`` in model space, on the CPU, drawn in batches (exact for
-        the circuit and the VAE)."""
-        d = self.distribution()
+        """``n`` samples of the data ``[n, *event_shape]`` in model space, on the CPU, drawn in batches (exact for the
+        circuits and the VAE)."""
+        d = self.data_distribution()
         sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
-        return torch.cat([self.objective.sample(d, size).cpu() for size in sizes])
+        return torch.cat([d.sample((size,)).cpu() for size in sizes])
+
+    @torch.no_grad()
+    def sample_given(self, labels: Tensor) -> Tensor:
+        """Exact draws of the data given class ``labels [N]`` (class-conditional circuits), ``[N, *event_shape]`` on
+        the CPU."""
+        d = self.data_distribution()
+        if not self.class_conditional or not isinstance(d, MarginalSPNDistribution):
+            raise ValueError(f"model {self.kind!r} is not class-conditional; it cannot sample given labels")
+        return d.sample_given(labels[:, None].to(self.device)).cpu()
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor) -> Tensor:
-        """``log p(x)`` ``[N]`` of model-space data ``x [N, *event_shape]`` (on any device), on the CPU: exact for
-        the circuit, the importance-weighted bound for the VAE.
+        """``log p(x)`` ``[N]`` of model-space data ``x [N, *event_shape]`` (on any device), on the CPU: exact for the
+        circuits (a joint circuit's data marginal), the importance-weighted bound for the VAE.
 
         Raises:
             ValueError: the model has no likelihood (the GAN baselines).
         """
-        if not self.has_likelihood:
+        d = self.data_distribution()
+        if isinstance(d, Generator):
             raise ValueError(f"model {self.kind!r} has no likelihood (only spn and vae have one)")
-        return self.objective.log_likelihood(self.distribution(), x.to(self.device)).cpu()
+        return d.log_prob(x.to(self.device)).cpu()
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """Reconstructions ``[N, *event_shape]`` (model space, on the CPU) of model-space ``x [N, *event_shape]``:
-        the VAE's decoder mean at the posterior mean, or PAE's ``decode(encode(x))`` with exact conditional
-        draws (straight-through distribution).
+        """Reconstructions ``[N, *event_shape]`` (model space, on the CPU) of model-space ``x [N, *event_shape]``: the
+        VAE's decoder mean at the posterior mean, or a joint circuit's exact draw of ``x`` given the max-product
+        completion of its latents.
 
         Raises:
-            ValueError: the model cannot reconstruct (not a VAE, nor a circuit trained by PAE).
+            ValueError: the model cannot reconstruct (not a VAE, nor a circuit over data and latents).
         """
-        x = x.to(self.device)
-        if isinstance(self.network, VAE):
-            return self.network.reconstruct(x).cpu()
-        autoencoding = self._autoencoding()
-        if autoencoding is None:
+        d = self.data_distribution()
+        if not self.can_reconstruct or not isinstance(d, VAE | MarginalSPNDistribution):
             raise ValueError(f"model {self.kind!r} with objective {self.objective.name!r} cannot reconstruct "
                              f"(only vae and circuits trained by pae can)")
-        d = SPNDistribution(self.network, temperature=self.temperature(), hard=True, interpolation=self.interpolation)
-        return autoencoding.reconstruct(d, x).cpu()
+        return d.reconstruct(x.to(self.device)).cpu()
 
     @torch.no_grad()
     def _picture_log_density(self, x: Tensor) -> Tensor:
@@ -237,10 +312,13 @@ class Model(nn.Module):
     @torch.no_grad()
     def save_picture(self, path: Path, preprocessing: Preprocessing, batch_size: int, data: Tensor | None = None,
                      samples: Tensor | None = None) -> None:
-        """Images: a grid of samples. 2-D data: the density (the VAE's with ``PICTURE_IMPORTANCE`` importance
-        samples; without a likelihood: a histogram of ``HISTOGRAM_SAMPLES`` samples) with samples (red) and
-        ``data`` (white, if given) as dots, over the range of ``data`` (or of the samples). ``samples`` (model
-        space) are drawn if not given."""
+        """Images: a grid of samples (class-conditional circuits: a row per class). 2-D data: the density (the VAE's
+        with ``PICTURE_IMPORTANCE`` importance samples; without a likelihood: a histogram of ``HISTOGRAM_SAMPLES``
+        samples) with samples (red) and ``data`` (white, if given) as dots, over the range of ``data`` (or of the
+        samples). ``samples`` (model space) are drawn if not given."""
+        if samples is None and self.class_conditional and self.info.num_classes is not None:
+            classes = self.info.num_classes
+            samples = self.sample_given(torch.arange(classes).repeat_interleave(classes))
         if samples is None:
             samples = self.sample(PICTURE_SAMPLES if self.info.is_image else DENSITY_POINTS, batch_size)
         if self.info.is_image:
@@ -251,32 +329,3 @@ class Model(nn.Module):
                        else histogram_log_density(self.sample(HISTOGRAM_SAMPLES, HISTOGRAM_SAMPLES), extent))
         save_density_picture(log_density, path, extent=extent, samples=samples,
                              data=None if data is None else data[:DENSITY_POINTS])
-
-
-def spn_num_parameters(config: TrainConfig, info: DataInfo) -> int:
-    """The parameter count of the circuit over the data that ``config`` describes for data ``info`` (its
-    ``num_repetitions``, ``num_sums``, ``num_leaves``, ``depth`` and the leaf type): a baseline's budget."""
-    spn = RatSPN(info.event_shape, leaf=make_leaf(info.leaf, info.total_count), **spn_options(config, info))
-    return sum(p.numel() for p in spn.parameters())
-
-
-def spn_options(config: TrainConfig, info: DataInfo) -> dict[str, Any]:
-    """``RatSPN``'s structure arguments from ``config`` (``depth``: the config's, or :func:`auto_depth` of the
-    data), for data ``info``."""
-    depth = config.depth if config.depth is not None else auto_depth(info.event_shape)
-    return {"depth": depth, "num_repetitions": config.num_repetitions, "num_sums": config.num_sums,
-            "num_leaves": config.num_leaves, "seed": config.seed}
-
-
-def _objective_options(config: TrainConfig, info: DataInfo) -> dict[str, Any]:
-    """``make_objective`` options from the config; data are scaled to ``[0, 1]`` pixels for Binomial leaves."""
-    scale = float(info.total_count) if info.leaf == "binomial" else 1.0
-    if config.objective == "adv":
-        return {"lr": config.discriminator_lr, "discriminator_steps": config.discriminator_steps, "scale": scale}
-    if config.objective == "mmd":
-        return {"kernel": "learned" if config.mmd_adversarial else "fixed", "encoder_lr": config.encoder_lr,
-                "encoder_steps": config.discriminator_steps, "scale": scale}
-    if config.objective == "pae":
-        return {"latent_dim": config.latent_dim, "reconstruction": "mse" if info.leaf == "normal" else "bce",
-                "scale": scale}
-    return {}

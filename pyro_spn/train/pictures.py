@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from .. import atomic
+
 # Anchor colors of the heatmap, low to high density (viridis' ends and three stops between them).
 _ANCHORS = torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
                         dtype=torch.float32) / 255
@@ -36,10 +38,15 @@ def _enlarge(images: Tensor) -> Tensor:
     return images.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else images
 
 
+def _save_png(picture: Tensor, path: Path) -> None:
+    """Writes the RGB or grey picture ``[C, H, W]`` (values in ``[0, 1]``) to ``path`` as a PNG, atomically."""
+    atomic.write_atomically(path, lambda temp: save_image(picture, temp, format="PNG"))
+
+
 def save_image_grid(images: Tensor, path: Path) -> None:
     """Images ``[N, C, H, W]`` in ``[0, 1]`` as one roughly square grid (small images enlarged)."""
     images = _enlarge(images.detach().cpu().float())
-    save_image(images, path, nrow=math.ceil(math.sqrt(images.shape[0])), padding=2, pad_value=0.5)
+    _save_png(make_grid(images, nrow=math.ceil(math.sqrt(images.shape[0])), padding=2, pad_value=0.5), path)
 
 
 def _plot_points(picture: Tensor, points: Tensor, low: Tensor, high: Tensor, color: tuple[float, float, float]
@@ -82,7 +89,7 @@ def save_density_picture(log_density: Callable[[Tensor], Tensor], path: Path, ex
         _plot_points(picture, data.detach().cpu().float(), low, high, DATA_COLOR)
     if samples is not None:
         _plot_points(picture, samples.detach().cpu().float(), low, high, SAMPLE_COLOR)
-    save_image(picture, path)
+    _save_png(picture, path)
 
 
 def histogram_log_density(samples: Tensor, extent: Tensor, bins: int = 64) -> Callable[[Tensor], Tensor]:
@@ -121,7 +128,7 @@ def _rgb(images: Tensor) -> Tensor:
 def save_inpainting_picture(original: Tensor, missing: Tensor, sample: Tensor, mpe: Tensor, path: Path,
                             columns: int = 8) -> None:
     """Blocks of four rows per ``columns`` images: original, with the missing part marked, a conditional
-    sample, the MPE completion. Images ``[N, C, H, W]`` in ``[0, 1]``; ``missing`` a boolean mask like them."""
+    sample, the max-product completion. Images ``[N, C, H, W]`` in ``[0, 1]``; ``missing`` a boolean mask like them."""
     color = torch.tensor(MISSING_COLOR)[None, :, None, None]
     marked = torch.where(_rgb(missing), color, _rgb(original))
     rows = [_rgb(original), marked, _rgb(sample), _rgb(mpe)]
@@ -131,4 +138,4 @@ def save_inpainting_picture(original: Tensor, missing: Tensor, sample: Tensor, m
         for row in rows:
             block = row[start:start + columns]
             tiles.append(torch.cat([block, block.new_ones((columns - block.shape[0],) + block.shape[1:])]))
-    save_image(make_grid(_enlarge(torch.cat(tiles).float()), nrow=columns, padding=2, pad_value=0.5), path)
+    _save_png(make_grid(_enlarge(torch.cat(tiles).float()), nrow=columns, padding=2, pad_value=0.5), path)

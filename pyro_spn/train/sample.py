@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..data import Preprocessing, load_dataset
 from ..distribution import SPNDistribution
-from ..objectives import AutoEncodingObjective, HybridObjective, Objective
+from ..joint import MarginalSPNDistribution
 from .checkpoint import checkpoint_content, checkpoint_path, load_checkpoint
 from .config import TrainConfig
 from .model import DataInfo, Model, resolve_device
@@ -74,7 +74,7 @@ class SavedRun:
         if not self.info.is_image:
             raise ValueError(f"inpainting needs an image data set; {self.info.name!r} is 2-D")
         root = self.config.data_root if data_root is None else data_root
-        data = load_dataset(self.info.name, leaf=self.info.leaf, root=root, seed=self.config.seed,
+        data = load_dataset(self.info.name, leaf=self.info.leaf.name, root=root, seed=self.config.seed,
                             num_samples=max(num_images, 10))
         return data.test[:num_images]
 
@@ -84,13 +84,14 @@ class SavedRun:
 
         Returns:
             In data units (``[0, 1]``): ``"original"``, ``"sample"`` (an exact conditional sample) and ``"mpe"``
-            (the most probable completion), each ``[N, C, H, W]``, and the boolean mask ``"missing"``.
+            (the max-product completion), each ``[N, C, H, W]``, and the boolean mask ``"missing"``.
         """
         self._check_inpainting()
         missing = half_mask(images.shape, side)
         evidence = torch.where(missing, torch.full_like(images, float("nan")), images).to(self.model.device)
-        d = self.model.distribution()
-        sample, mpe = _complete(self.model.objective, d, evidence)
+        d = self.model.data_distribution(hard=True)
+        assert isinstance(d, SPNDistribution | MarginalSPNDistribution)
+        sample, mpe = _complete(d, evidence)
         inverse = self.preprocessing.inverse
         return {"original": inverse(images), "sample": inverse(sample.cpu()), "mpe": inverse(mpe.cpu()),
                 "missing": missing}
@@ -112,20 +113,20 @@ def half_mask(shape: torch.Size, side: str) -> Tensor:
     return half.expand(shape)
 
 
-def _complete(objective: Objective, d: SPNDistribution, evidence: Tensor) -> tuple[Tensor, Tensor]:
-    """An exact conditional sample and the MPE completion of the NaN entries of data-shaped ``evidence``
-    (for PAE through the joint over data and latents, the latents missing)."""
-    base = objective.base if isinstance(objective, HybridObjective) else objective
-    if isinstance(base, AutoEncodingObjective):
-        joint = base.join(d, evidence, None)
-        return base.split(d.condition(joint).sample())[0], base.split(d.mpe(joint))[0]
+def _complete(d: SPNDistribution | MarginalSPNDistribution, evidence: Tensor) -> tuple[Tensor, Tensor]:
+    """An exact conditional sample and the max-product completion of the NaN entries of data-shaped ``evidence``
+    (for a joint circuit through the joint over data and extras, the extras missing)."""
+    if isinstance(d, MarginalSPNDistribution):
+        joint = d.circuit.join(evidence, None, x_name="evidence")
+        return d.circuit.split(d.joint.condition(joint).sample())[0], d.circuit.split(d.joint.mpe(joint))[0]
     return d.condition(evidence).sample(), d.mpe(evidence)
 
 
 def write_inpainting(saved: SavedRun, side: str, num_images: int, picture: Path, hdf5: Path | None,
                      data_root: str | os.PathLike | None = None) -> None:
     """Completes the first ``num_images`` test images (from ``data_root``, default the run's) with half ``side``
-    missing: a picture (rows: original, masked, sample, MPE) and optionally an HDF5 file with the same arrays."""
+    missing: a picture (rows: original, masked, sample, max-product completion) and optionally an HDF5 file with
+    the same arrays."""
     result = saved.inpaint(saved.test_images(num_images, data_root), side)
     save_inpainting_picture(result["original"], result["missing"], result["sample"], result["mpe"], picture)
     if hdf5 is not None:
@@ -139,5 +140,5 @@ def write_samples(saved: SavedRun, num_samples: int, picture: Path, hdf5: Path |
         write_hdf5(hdf5, {"samples": samples}, _attrs(saved))
 
 
-def _attrs(saved: SavedRun, **extra: str) -> dict[str, str | int]:
+def _attrs(saved: SavedRun, **extra: str) -> dict[str, object]:
     return {"objective": saved.config.objective, "dataset": saved.config.dataset, "epoch": saved.epoch, **extra}

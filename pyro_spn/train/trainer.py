@@ -23,13 +23,15 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .. import atomic
 from ..data import Dataset, load_dataset
+from ..objectives import Density, LikelihoodObjective
 from .checkpoint import (
     checkpoint_content,
     checkpoint_path,
@@ -42,6 +44,7 @@ from .config import TrainConfig
 from .model import DataInfo, Model, resolve_device
 from .records import append_metrics, keep_metrics, write_hdf5
 
+_LIKELIHOOD = LikelihoodObjective()  # of pre-training epochs (only circuits pre-train: the config checks it)
 CHECKPOINT_KEYS = ("config", "epoch", "spn", "objective", "temperature", "optimizer", "rng", "preprocessing", "data")
 # Fields a resumed run may change; every other field must equal the checkpoint's.
 RESUMABLE_CHANGES = ("resume", "device", "epochs", "output")
@@ -111,6 +114,7 @@ class Trainer:
                                           download=config.download, seed=config.seed)
         self.info = DataInfo.of(self.data)
         self.model = Model.build(config, self.info).to(self.device)
+        assert config.lr is not None
         self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=config.lr, betas=self.model.adam_betas)
         self.epoch = 0  # finished epochs
         if state is not None:
@@ -120,7 +124,7 @@ class Trainer:
                 raise ValueError(f"epochs must be >= the {self.epoch} epochs the checkpoint has finished, "
                                  f"got {config.epochs}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(config.to_json() + "\n")
+        atomic.write_text(self.run_dir / "config.json", config.to_json() + "\n")
         keep_metrics(self.run_dir / "metrics.jsonl", self.epoch)
 
     @classmethod
@@ -164,12 +168,13 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
                    disable=not (self.progress and sys.stderr.isatty()))
+        labels = self.data.train_labels
         for number, index in enumerate(bar, start=1):
-            x = self.data.train[index].to(self.device)
+            x = model.training_batch(self.data.train[index].to(self.device), None if labels is None else labels[index])
             tau = model.temperature()
             d = model.distribution(tau)
             metrics = {} if pretraining else model.objective.auxiliary_step(d, x)
-            loss = (-model.objective.log_likelihood(d, x).mean()) if pretraining else model.objective.loss(d, x)
+            loss = _LIKELIHOOD.loss(cast(Density, d), x) if pretraining else model.objective.loss(d, x)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(epoch + 1, number, loss_value)
@@ -207,10 +212,9 @@ class Trainer:
         bound of the NLL); ``None`` for a model without a likelihood."""
         if not self.model.has_likelihood:
             return None
-        d = self.model.distribution()
         total, count = 0.0, 0
         for x in self._batches(self.data.val):
-            total -= float(self.model.objective.log_likelihood(d, x).sum())
+            total -= float(self.model.log_likelihood(x).sum())
             count += x.shape[0]
         return total / count
 
@@ -221,7 +225,7 @@ class Trainer:
         write_hdf5(self.run_dir / "samples.h5",
                    {"samples": self.data.preprocessing.inverse(samples), "model_samples": samples},
                    {"objective": self.config.objective, "dataset": self.config.dataset, "epoch": self.epoch,
-                    "leaf": self.info.leaf})
+                    "leaf": self.info.leaf.name})
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:

@@ -1,0 +1,169 @@
+"""The leaf spec interface: what a leaf family is, independent of any circuit.
+
+A :class:`Leaf` is an immutable description of a family of univariate distributions, its *hyper-parameters*
+only (``Binomial(total_count=255)``): it can be reused by any number of circuits, compared, printed, hashed and
+stored in a config (:meth:`Leaf.to_config`). The circuit that uses it owns the parameters: it asks the spec
+for their initial values (:meth:`Leaf.init_parameters`, unconstrained tensors ``[C, F, I, R, *E]`` for ``C``
+channels, ``F`` variables, ``I`` components and ``R`` repetitions) and passes them back, constrained by
+:meth:`Leaf.constrain`, to every other method.
+
+Every leaf family is an exponential family, ``log p(x) = T(x)·η − A(η) + h(x)``, and the spec exposes its pieces
+(:meth:`~Leaf.natural_parameters`, :meth:`~Leaf.log_normalizer`, :meth:`~Leaf.sufficient_statistics`,
+:meth:`~Leaf.log_base_measure`) so that the circuit can evaluate all leaf regions with one batched matmul
+instead of materializing ``[N, C, F, I, R]`` log-probabilities.
+
+All methods that take parameters ``params`` (a dict of tensors of batch shape ``[*B]``, plus each parameter's
+own event dims) broadcast them against their values. Draws come in three forms:
+
+* :meth:`~Leaf.sample`: an exact draw, no gradient;
+* :meth:`~Leaf.relaxed`: a differentiable (reparameterized or relaxed) draw. Given an exact draw ``value``,
+  the noise is taken *conditional on it*, so that the relaxed draw is the relaxation of that very draw;
+* straight-through (:func:`straight_through`): the exact draw forward, bit for bit inside the support, and the
+  coupled relaxed draw's gradient backward.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+Params = dict[str, Tensor]
+
+
+def uniform(shape: torch.Size, like: Tensor) -> Tensor:
+    """Uniform draws in the open interval ``(0, 1)``, of ``like``'s dtype and device."""
+    tiny = torch.finfo(like.dtype).tiny
+    return torch.rand(shape, dtype=like.dtype, device=like.device).clamp(tiny, 1.0 - 1e-7)
+
+
+def straight_through(value: Tensor, relaxed: Tensor) -> Tensor:
+    """``value`` forward (exactly), the gradient of ``relaxed`` backward."""
+    return value + (relaxed - relaxed.detach())
+
+
+class Leaf(abc.ABC):
+    """Base class of leaf specs (frozen dataclasses of hyper-parameters).
+
+    Subclasses set :attr:`name` (the family's name in configs and on the command line) and implement the
+    abstract methods; :meth:`log_prob` and :meth:`num_parameters` have generic implementations.
+    """
+
+    #: The family's name in configs (``"normal"``, ``"binomial"``, ...).
+    name: ClassVar[str]
+
+    # -- the family -----------------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def num_statistics(self) -> int:
+        """``S``, the length of the sufficient statistic of one entry."""
+
+    @property
+    @abc.abstractmethod
+    def support(self) -> constraints.Constraint:
+        """The support of every component (per entry)."""
+
+    # -- parameters -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def parameter_shapes(self, num_features: int) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """The unconstrained parameters of ``num_features`` variables: ``name → (variables, event shape)``.
+
+        A parameter of ``(F_p, E)`` is stored as a tensor ``[C, F_p, I, R, *E]``.
+        """
+
+    @abc.abstractmethod
+    def init_parameters(self, shape: torch.Size, generator: torch.Generator) -> Params:
+        """Initial unconstrained parameters for ``shape = [C, F, I, R]`` components, drawn from ``generator``;
+        the names and shapes of :meth:`parameter_shapes`."""
+
+    @abc.abstractmethod
+    def constrain(self, raw: Params) -> Params:
+        """The constrained parameters (each ``[C, F, I, R, *E]``) of unconstrained ones."""
+
+    def num_parameters(self, num_channels: int, num_features: int, num_components: int,
+                       num_repetitions: int) -> int:
+        """The number of scalar parameters of ``[C, F, I, R]`` components (arithmetic, nothing is built)."""
+        per_component = sum(count * math.prod(event)
+                            for count, event in self.parameter_shapes(num_features).values())
+        return num_channels * num_components * num_repetitions * per_component
+
+    # -- the exponential family -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def natural_parameters(self, params: Params) -> Tensor:
+        """``η`` of the components ``params``, shape ``[*B, S]``."""
+
+    @abc.abstractmethod
+    def log_normalizer(self, params: Params) -> Tensor:
+        """``A(η)`` of the components ``params``, shape ``[*B]``."""
+
+    @abc.abstractmethod
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        """``T(x)`` for ``x`` of shape ``[*B]`` (values in the support); returns ``[*B, S]``."""
+
+    def log_base_measure(self, x: Tensor) -> Tensor:
+        """``h(x)``, same shape as ``x``."""
+        return torch.zeros_like(x)
+
+    def log_prob(self, x: Tensor, params: Params) -> Tensor:
+        """Log-density (log-mass) of ``x`` under the components ``params`` (broadcast); ``x`` in the support."""
+        stats = self.sufficient_statistics(x)
+        eta = self.natural_parameters(params)
+        return (stats * eta).sum(-1) - self.log_normalizer(params) + self.log_base_measure(x)
+
+    # -- draws and summaries ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sample(self, params: Params) -> Tensor:
+        """An exact draw from each component, shape ``[*B]``, no gradient."""
+
+    @abc.abstractmethod
+    def relaxed(self, params: Params, temperature: Tensor | float, value: Tensor | None = None) -> Tensor:
+        """A differentiable draw, shape ``[*B]``; with ``value``, the relaxation of that exact draw."""
+
+    @abc.abstractmethod
+    def mode(self, params: Params) -> Tensor:
+        """The most probable value of each component, shape ``[*B]``."""
+
+    @abc.abstractmethod
+    def mean(self, params: Params) -> Tensor:
+        """The mean of each component, shape ``[*B]``."""
+
+    def gaussian_relaxation(self, params: Params) -> tuple[Tensor, Tensor] | None:
+        """``(μ, σ)``, each ``[*B]``, when every component's relaxed draw is exactly ``μ + σ ε`` with
+        ``ε ~ N(0, 1)`` (then sums of relaxed draws have a closed form); ``None`` otherwise."""
+        return None
+
+    # -- configs --------------------------------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        """The spec as a JSON-serializable dict, ``{"type": name, **hyper-parameters}``
+        (:func:`pyro_spn.leaves.leaf_from_config` reads it back)."""
+        assert dataclasses.is_dataclass(self)
+        return {"type": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+
+class LogitLeaf(Leaf):
+    """A family with one real parameter per component, ``logits``, and the identity as sufficient statistic
+    (``η = logits``): Bernoulli and Binomial. ``logits`` start at ``logit p`` with ``p ~ U(0.25, 0.75)``."""
+
+    @property
+    def num_statistics(self) -> int:
+        return 1
+
+    def parameter_shapes(self, num_features: int) -> dict[str, tuple[int, tuple[int, ...]]]:
+        return {"logits": (num_features, ())}
+
+    def init_parameters(self, shape: torch.Size, generator: torch.Generator) -> Params:
+        return {"logits": torch.logit(0.25 + 0.5 * torch.rand(shape, generator=generator))}
+
+    def constrain(self, raw: Params) -> Params:
+        return {"logits": raw["logits"]}
+
+    def natural_parameters(self, params: Params) -> Tensor:
+        return params["logits"][..., None]
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        return x[..., None]

@@ -1,0 +1,92 @@
+"""Gaussian leaves."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import constraints
+
+from .. import checks
+from .base import Leaf, Params
+
+_SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) == 1
+_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class Normal(Leaf):
+    """Gaussian leaves ``N(loc, scale)``, reparameterized as ``loc + scale · ε``.
+
+    Parameters: ``loc`` and ``scale = softplus(raw_scale) + min_scale`` (initialized at ``loc ~ N(0, 1)``,
+    ``scale ≈ 1``).
+
+    Args:
+        min_scale: the lower bound of the scale.
+    """
+
+    min_scale: float = 1e-3
+    name: ClassVar[str] = "normal"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "min_scale", checks.positive("min_scale", self.min_scale))
+
+    @property
+    def num_statistics(self) -> int:
+        return 2
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return constraints.real
+
+    def parameter_shapes(self, num_features: int) -> dict[str, tuple[int, tuple[int, ...]]]:
+        return {"loc": (num_features, ()), "raw_scale": (num_features, ())}
+
+    def init_parameters(self, shape: torch.Size, generator: torch.Generator) -> Params:
+        return {"loc": torch.randn(shape, generator=generator),
+                "raw_scale": _SOFTPLUS_ONE + 0.1 * torch.randn(shape, generator=generator)}
+
+    def constrain(self, raw: Params) -> Params:
+        return {"loc": raw["loc"], "scale": F.softplus(raw["raw_scale"]) + self.min_scale}
+
+    def natural_parameters(self, params: Params) -> Tensor:
+        precision = params["scale"].pow(-2)
+        return torch.stack([params["loc"] * precision, -0.5 * precision], dim=-1)
+
+    def log_normalizer(self, params: Params) -> Tensor:
+        loc, scale = params["loc"], params["scale"]
+        return 0.5 * (loc / scale).pow(2) + scale.log()
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        return torch.stack([x, x * x], dim=-1)
+
+    def log_base_measure(self, x: Tensor) -> Tensor:
+        return torch.full_like(x, -_HALF_LOG_TWO_PI)
+
+    def log_prob(self, x: Tensor, params: Params) -> Tensor:
+        z = (x - params["loc"]) / params["scale"]
+        return -0.5 * z * z - params["scale"].log() - _HALF_LOG_TWO_PI
+
+    def sample(self, params: Params) -> Tensor:
+        with torch.no_grad():
+            return self.relaxed(params, 1.0)
+
+    def relaxed(self, params: Params, temperature: Tensor | float, value: Tensor | None = None) -> Tensor:
+        loc, scale = params["loc"], params["scale"]
+        if value is None:
+            eps = torch.randn(torch.broadcast_shapes(loc.shape, scale.shape), dtype=loc.dtype, device=loc.device)
+        else:
+            eps = ((value - loc) / scale).detach()
+        return loc + scale * eps
+
+    def mode(self, params: Params) -> Tensor:
+        return params["loc"].expand(torch.broadcast_shapes(params["loc"].shape, params["scale"].shape))
+
+    mean = mode
+
+    def gaussian_relaxation(self, params: Params) -> tuple[Tensor, Tensor] | None:
+        return params["loc"], params["scale"]

@@ -1,0 +1,118 @@
+"""Leaf values at the bottom of the top-down pass: ``x_v = Σ_{r,i} a_{v,r,i} · x_{v,r,i}``, with ``a`` the selection
+reaching variable ``v``'s leaf regions and ``x_{v,r,i}`` a draw of leaf component ``(r, i)``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..layers import LeafLayer
+from ..leaves import Params
+from .rules import ONE_HOT_RULES, Rule
+
+
+class ContractedSelectionGradient(torch.autograd.Function):
+    """The straight-through gradient of ``Σ_{r,i} a[n, r, l(v), i] · x̃[n, c, v, i, r]`` w.r.t. the leaf selections
+    ``a``, for leaves whose relaxed draws are ``x̃ = μ + σ ε``, without drawing them.
+
+    The forward value is zero (the term only enters a sample as ``t - t.detach()``). The gradient of
+    ``a[n, r, l, i]`` is ``Σ_{c, v ∈ (r, l)} g[n, c, v] · x̃[n, c, v, i, r]``: for the selected component ``x̃`` is
+    the coupled relaxation of the exact draw; for every other component the sum of independent Gaussians is
+    drawn at once as ``Σ g μ + sqrt(Σ g² σ²) · ξ``, the same law as drawing every ``x̃``, from ``[N, R, L, I]``
+    instead of ``[N, C, F, I, R]`` random numbers.
+    """
+
+    @staticmethod
+    def forward(ctx, selection: Tensor, layer: LeafLayer, mean_slots: Tensor, variance_slots: Tensor,
+                coupled: Tensor) -> Tensor:
+        """Zeros like ``coupled`` ``[N, C, F]``; saves what the backward needs (``selection`` ``[N, R, L, I]``, the
+        components' means and variances in slots ``[R, L, M, C, I]``)."""
+        ctx.layer = layer
+        ctx.save_for_backward(selection.detach(), mean_slots, variance_slots, coupled)
+        return coupled.new_zeros(coupled.shape)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        """The selections' gradient ``[N, R, L, I]`` (see the class docstring) for ``grad_output`` ``[N, C, F]``."""
+        hard, mean_slots, variance_slots, coupled = ctx.saved_tensors
+        layer: LeafLayer = ctx.layer
+        g = layer.data_slots(grad_output)  # [R, L, M, C, N]
+        mean = layer.contract_slots(g, mean_slots).permute(3, 0, 1, 2)  # [N, R, L, I]
+        std = layer.contract_slots(g * g, variance_slots).clamp_min(0).sqrt().permute(3, 0, 1, 2)
+        grad = mean + std * torch.randn_like(std)
+        chosen = layer.data_slots(grad_output * coupled).sum((2, 3)).permute(2, 0, 1)  # [N, R, L]
+        grad = torch.where(hard > 0.5, chosen[..., None], grad)
+        return grad, None, None, None, None
+
+
+def selected_index(layer: LeafLayer, leaf_selection: Tensor) -> Tensor:
+    """For one-hot ``[N, R, L, I]`` leaf selections: the selected component of every variable as a flat index
+    ``i * R + r`` into ``I·R``, shape ``[N, F]``."""
+    selection = leaf_selection.detach()
+    repetition = selection.sum((2, 3)).argmax(1)  # [N]
+    samples = torch.arange(selection.shape[0], device=selection.device)
+    unit = selection[samples, repetition].argmax(-1)  # [N, L]
+    component = unit.gather(1, layer.variable_region[repetition])  # [N, F]
+    return component * layer.num_repetitions + repetition[:, None]
+
+
+def selected_params(layer: LeafLayer, index: Tensor) -> Params:
+    """Parameters of the selected component of every variable, each ``[N, C, F, *E]``; ``index [N, F]`` into
+    ``I·R``."""
+    features = torch.arange(layer.num_features, device=index.device)[None, :]
+    return {name: p.flatten(2, 3)[:, features, index].movedim(0, 1) for name, p in layer.params().items()}
+
+
+def _straight_through_values(layer: LeafLayer, leaf_selection: Tensor, index: Tensor, value: Tensor,
+                             coupled: Tensor, temperature: Tensor | float) -> Tensor:
+    """Straight-through leaf values: ``value`` forward; backward, the gradient of the relaxed
+    ``Σ a · x̃`` w.r.t. the selections ``a`` and of the coupled relaxation ``coupled`` w.r.t. the parameters."""
+    moments = layer.leaf.gaussian_relaxation(layer.params())
+    if moments is not None:
+        mean, std = (layer.component_slots(m.detach()) for m in moments)
+        term = ContractedSelectionGradient.apply(leaf_selection, layer, mean, std * std, coupled.detach())
+        soft = term + (coupled - coupled.detach())
+        return value + (soft - soft.detach())
+    a = layer.variable_selection(leaf_selection)  # [N, F, I, R]
+    # Other components enter the gradient only through their values (their selection is 0 forward), so they are
+    # drawn without autograd history.
+    with torch.no_grad():
+        relaxed = layer.leaf.relaxed(layer.expanded_params((leaf_selection.shape[0],)), temperature)  # [N, C, F, I, R]
+        is_selected = F.one_hot(index, a.shape[2] * a.shape[3]).view(a.shape).bool()[:, None]
+        relaxed = torch.where(is_selected, coupled[..., None, None], relaxed)
+    soft = (a[:, None] * relaxed).sum((-2, -1)) + (coupled - coupled.detach())
+    return value + (soft - soft.detach())
+
+
+def leaf_values(layer: LeafLayer, leaf_selection: Tensor, rule: Rule, temperature: Tensor | float = 1.0) -> Tensor:
+    """Values of all variables given the selections reaching the leaves.
+
+    Exact (``"exact"``), relaxed (``"soft"``), exact forward with the relaxation's gradient
+    (``"straight_through"``), the mode (``"argmax"``) or the mean (``"expected"``). One-hot rules draw one value
+    per variable, from the selected component only.
+
+    Args:
+        layer: the circuit's leaf layer.
+        leaf_selection: ``[N, R, L, I]`` from :func:`~pyro_spn.sampling.top_down.top_down`.
+        rule: the rule the selections were made with.
+        temperature: ``τ`` of the leaves' relaxations.
+
+    Returns:
+        ``[N, C, F]``.
+    """
+    leaf = layer.leaf
+    if rule in ONE_HOT_RULES:
+        index = selected_index(layer, leaf_selection)  # [N, F]
+        selected = selected_params(layer, index)
+        if rule == "argmax":
+            return leaf.mode(selected)
+        value = leaf.sample(selected)
+        if rule == "exact":
+            return value
+        coupled = leaf.relaxed(selected, temperature, value)  # [N, C, F]
+        return _straight_through_values(layer, leaf_selection, index, value, coupled, temperature)
+    a = layer.variable_selection(leaf_selection)[:, None]  # [N, 1, F, I, R]
+    if rule == "expected":
+        return (a * layer.mean()).sum((-2, -1))
+    return (a * leaf.relaxed(layer.expanded_params((leaf_selection.shape[0],)), temperature)).sum((-2, -1))

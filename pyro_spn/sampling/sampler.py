@@ -1,0 +1,68 @@
+"""One top-down pass and the leaf values: samples of every kind, conditional samples and max-product completions."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import checks
+from ..spn import RatSPN, UpwardPass
+from .leaf_values import leaf_values
+from .rules import RULES, Rule
+from .top_down import INTERPOLATIONS, PATHS, ChildSelection, Interpolation, top_down
+
+
+def sample(spn: RatSPN, num_samples: int, rule: Rule = "exact", temperature: Tensor | float = 1.0,
+           interpolation: Interpolation = "unit", evidence: Tensor | None = None,
+           paths: dict[tuple[Rule, Interpolation, bool], ChildSelection] = PATHS) -> Tensor:
+    """Draws ``[N, *event_shape]`` samples with one top-down pass.
+
+    Args:
+        spn: the circuit.
+        num_samples: ``N``; with ``evidence`` it must equal the evidence's batch size.
+        rule: ``"exact"`` (no gradient), ``"soft"``, ``"straight_through"``, ``"argmax"`` or ``"expected"``
+            (see :mod:`pyro_spn.sampling.rules`).
+        temperature: ``τ > 0``.
+        interpolation: ``"unit"`` or ``"region"`` (see :mod:`pyro_spn.sampling.top_down`).
+        evidence: ``[N, *event_shape]`` with NaN where a value is to be drawn; observed entries are returned
+            unchanged and every choice is drawn from its posterior (its max-product posterior for ``"argmax"``).
+        paths: the dispatch table of the top-down pass (:data:`~pyro_spn.sampling.top_down.REFERENCE_PATHS` for
+            the reference paths).
+    """
+    checks.choice("rule", rule, RULES)
+    checks.choice("interpolation", interpolation, INTERPOLATIONS)
+    upward = None
+    if evidence is not None:
+        if evidence.shape[0] != num_samples:
+            raise ValueError(f"evidence: expected batch size {num_samples}, got {evidence.shape[0]}")
+        upward = spn.upward(evidence, max_product=rule == "argmax")
+    return _complete(spn, num_samples, rule, temperature, interpolation, upward, evidence, paths)
+
+
+def mpe(spn: RatSPN, evidence: Tensor) -> tuple[Tensor, Tensor]:
+    """The max-product (Viterbi) completion: max-product upward, argmax down, leaf modes.
+
+    It maximizes the joint density of the completion *and* the circuit's latent choices, which is the most probable
+    completion only in deterministic circuits (in general it is an approximation of the MAP).
+
+    Args:
+        evidence: ``[N, *event_shape]``, NaN = to be completed.
+
+    Returns:
+        ``(completion [N, *event_shape], log max-product value [N])``; the completion keeps every observed entry.
+    """
+    upward = spn.upward(evidence, max_product=True)
+    completion = _complete(spn, evidence.shape[0], "argmax", 1.0, "region", upward, evidence, PATHS)
+    return completion, upward.log_likelihood
+
+
+def _complete(spn: RatSPN, num_samples: int, rule: Rule, temperature: Tensor | float, interpolation: Interpolation,
+              upward: UpwardPass | None, evidence: Tensor | None,
+              paths: dict[tuple[Rule, Interpolation, bool], ChildSelection]) -> Tensor:
+    """Top-down pass and leaf values, observed entries of ``evidence`` kept; ``[N, *event_shape]``."""
+    selection = top_down(spn, num_samples, rule, temperature, interpolation, upward, paths)
+    values = leaf_values(spn.leaf_layer, selection, rule, temperature)
+    if evidence is not None:
+        observed = spn.flatten_data(evidence)
+        values = torch.where(torch.isnan(observed), values, observed)
+    return spn.unflatten_data(values)
