@@ -9,13 +9,22 @@ what is accepted.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection, Sequence
 from numbers import Integral, Real
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 #: The largest integer a size argument may take (sizes beyond it cannot be allocated anyway).
 MAX_INT = 2**62
+#: The most values a sample-count argument may ask for in all (samples × values per sample): 1 GiB of float32.
+MAX_SAMPLE_VALUES = 2**28
+#: The smallest Gumbel-Softmax temperature: below it the relaxed selections' slopes (``∂(z/τ)/∂τ = −z/τ²``) overflow
+#: float32 and gradients turn NaN (from about 1e-19; from about 1e-38 the samples too).
+MIN_TEMPERATURE = 1e-6
+#: The largest temperature (float32 holds it; beyond it every selection is uniform to float32 precision anyway).
+MAX_TEMPERATURE = 1e30
 
 
 def integer(name: str, value: object, minimum: int = 1, maximum: int = MAX_INT) -> int:
@@ -23,9 +32,20 @@ def integer(name: str, value: object, minimum: int = 1, maximum: int = MAX_INT) 
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if not minimum <= int(value) <= maximum:
-        bound = f"in [{minimum}, {maximum}]" if maximum < MAX_INT else f">= {minimum}"
+        bound = f">= {minimum}" if maximum == MAX_INT and value < minimum else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
     return int(value)
+
+
+def sample_count(name: str, value: object, values_per_sample: int) -> int:
+    """``value`` as a number of samples of ``values_per_sample`` values each, at most :data:`MAX_SAMPLE_VALUES`
+    values in all (so that the samples fit in memory)."""
+    limit = max(1, MAX_SAMPLE_VALUES // values_per_sample)
+    count = integer(name, value)
+    if count > limit:
+        raise ValueError(f"{name} must be an integer in [1, {limit}] for samples of {values_per_sample} values (at "
+                         f"most {MAX_SAMPLE_VALUES} values in all), got {value!r}")
+    return count
 
 
 def number(name: str, value: object, *, minimum: float = -math.inf, maximum: float = math.inf,
@@ -59,6 +79,32 @@ def positive(name: str, value: object) -> float:
 def non_negative(name: str, value: object) -> float:
     """``value`` as a finite ``float >= 0``."""
     return number(name, value, minimum=0.0)
+
+
+def temperature(name: str, value: object) -> float:
+    """``value`` as a ``float`` in ``[MIN_TEMPERATURE, MAX_TEMPERATURE]``."""
+    return number(name, value, minimum=MIN_TEMPERATURE, maximum=MAX_TEMPERATURE)
+
+
+def scalar_temperature(name: str, value: object) -> Tensor:
+    """``value`` as a scalar tensor in ``[MIN_TEMPERATURE, MAX_TEMPERATURE]``: a number in the default dtype, an
+    integer tensor in it too, a floating-point tensor as it is (keeping its gradient: a learned temperature)."""
+    accepted = f"a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], or a scalar tensor of one"
+    if isinstance(value, Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be {accepted} (real), got a {value.dtype} tensor")
+        tau = value if value.is_floating_point() else value.to(torch.get_default_dtype())
+    elif isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be {accepted}, got {value!r}")
+    else:
+        tau = torch.tensor(float(value), dtype=torch.get_default_dtype())
+    if tau.numel() != 1:
+        raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(tau.shape)}")
+    given = float(tau.detach().reshape(()))
+    low, high = torch.tensor([MIN_TEMPERATURE, MAX_TEMPERATURE], dtype=tau.dtype).tolist()  # as the tensor holds them
+    if not low <= given <= high:  # (NaN fails too)
+        raise ValueError(f"{name} must be {accepted}, got {given!r}")
+    return tau.reshape(())
 
 
 def flag(name: str, value: object) -> bool:
@@ -95,6 +141,58 @@ def event_shape(value: object, name: str = "event_shape", max_dims: int | None =
     if math.prod(shape) > MAX_INT:
         raise ValueError(f"{name}: {value!r} has more entries than can be allocated")
     return tuple(shape)
+
+
+def shape(name: str, value: object) -> torch.Size:
+    """``value`` (a sequence of ints ``>= 0`` such as a ``torch.Size``: a sample or batch shape) as a ``torch.Size``."""
+    message = f"{name} must be a sequence of integers >= 0, such as torch.Size([n]) or (n,), got {value!r}"
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise TypeError(message)
+    if any(isinstance(item, bool) or not isinstance(item, Integral) for item in value):
+        raise TypeError(message)
+    if any(int(item) < 0 for item in value):
+        raise ValueError(message)
+    return torch.Size(int(item) for item in value)
+
+
+def allocatable(name: str, size: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
+    """Raises ``ValueError`` naming ``name`` if a tensor of ``size`` could not be allocated on ``device``: more than
+    :data:`MAX_INT` entries, or more bytes than the device has memory (where it can be read)."""
+    entries = math.prod(size)
+    needed = entries * torch.empty((), dtype=dtype).element_size()
+    available = _device_memory(device)
+    if entries > MAX_INT or (available is not None and needed > available):
+        limit = "" if available is None else f" (this device has {available / 2**30:.3g} GiB)"
+        raise ValueError(f"{name}: a tensor of shape {tuple(size)} would take {needed / 2**30:.3g} GiB{limit}; "
+                         "ask for fewer values at a time")
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """The bytes of memory of ``device`` (the machine's physical memory for the CPU), or None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type != "cpu" or not hasattr(os, "sysconf"):
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+
+
+def real_tensor(name: str, value: object) -> Tensor:
+    """``value`` if it is a ``torch.Tensor`` of real values (floating point, integer or bool; not complex)."""
+    if not isinstance(value, Tensor) or value.is_complex():
+        kind = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be a torch.Tensor of real values (floating point, integer or bool), got {kind}")
+    return value
+
+
+def no_infinity(name: str, value: Tensor) -> Tensor:
+    """``value`` if none of its entries is ``±inf`` (NaN, a missing entry, is fine)."""
+    if bool(torch.isinf(value).any()):
+        raise ValueError(f"{name} must have finite entries (or NaN where missing); got ±inf, e.g. "
+                         f"{value[torch.isinf(value)].flatten()[:3].tolist()}")
+    return value
 
 
 def betas(name: str, value: object) -> tuple[float, float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from numbers import Number
 from typing import cast
 
 import torch
@@ -20,18 +19,6 @@ from torch.distributions import constraints
 from . import checks
 from .sampling import INTERPOLATIONS, Interpolation, Rule, mpe, sample
 from .spn import RatSPN
-
-
-def _check_temperature(temperature: Tensor | float) -> Tensor:
-    if isinstance(temperature, bool | complex) or not isinstance(temperature, Number | Tensor):
-        raise TypeError(f"temperature must be a positive float or a scalar tensor, got {temperature!r}")
-    tau = torch.as_tensor(temperature, dtype=torch.get_default_dtype()) if isinstance(temperature, Number) \
-        else temperature
-    if tau.numel() != 1:
-        raise ValueError(f"temperature must be a scalar, got a tensor of shape {tuple(tau.shape)}")
-    if not bool(torch.isfinite(tau.detach()).all()) or not bool((tau.detach() > 0).all()):
-        raise ValueError(f"temperature must be finite and > 0, got {float(tau.detach())!r}")
-    return tau.reshape(())
 
 
 class _SPNShapes:
@@ -46,10 +33,11 @@ class _SPNShapes:
     def support(self) -> constraints.Constraint:
         return constraints.independent(self.spn.leaf.support, len(self.spn.event_shape))
 
-    def _check_value(self, value: Tensor, allow_nan: bool, name: str = "value") -> None:
-        """Raises ``ValueError`` naming the argument ``name`` for a wrong shape or values outside the support."""
-        if not isinstance(value, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    def _check_value(self, value: Tensor, allow_nan: bool, name: str = "value", evidence: bool = False) -> None:
+        """Raises ``TypeError`` naming the argument ``name`` for anything but a tensor of real values, ``ValueError``
+        for a wrong shape or (when validating) values outside the support; ``evidence`` may not be infinite (a value
+        of density zero, on which nothing can be conditioned)."""
+        checks.real_tensor(name, value)
         event_dim = len(self.event_shape)
         if value.dim() < event_dim or value.shape[value.dim() - event_dim:] != self.event_shape:
             raise ValueError(
@@ -68,6 +56,8 @@ class _SPNShapes:
         missing = torch.isnan(value)
         if missing.any() and not allow_nan:
             raise ValueError(f"{name}: NaN entries are only allowed where missing data is expected")
+        if evidence:
+            checks.no_infinity(name, value)
         inside = self.spn.leaf.support.check(torch.where(missing, torch.zeros_like(value), value))
         if not bool(inside.all()):
             bad = value[~inside].flatten()[:3].tolist()
@@ -75,6 +65,13 @@ class _SPNShapes:
                 f"{name}: entries outside the support {self.spn.leaf.support} (NaN marks a missing entry), "
                 f"e.g. {bad}"
             )
+
+    def _samples_shape(self, shape: torch.Size) -> torch.Size:
+        """``shape``, the ``[*sample_shape, *batch_shape, *event_shape]`` of samples to draw, once checked to fit in
+        the circuit's device memory (``ValueError`` naming ``sample_shape`` otherwise)."""
+        logits = self.spn.root.logits
+        checks.allocatable("sample_shape", shape, logits.dtype, logits.device)
+        return shape
 
     def _flat(self, value: Tensor) -> tuple[Tensor, torch.Size]:
         """``[*B, *event_shape]`` → ``([prod(B), *event_shape], B)``."""
@@ -135,7 +132,7 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         if not isinstance(spn, RatSPN):
             raise TypeError(f"spn must be a pyro_spn.RatSPN, got {type(spn).__name__}")
         self.spn = spn
-        self.temperature = _check_temperature(temperature)
+        self.temperature = checks.scalar_temperature("temperature", temperature)
         self.hard = checks.flag("hard", hard)
         self.interpolation = cast(Interpolation, checks.choice("interpolation", interpolation, INTERPOLATIONS))
         super().__init__(torch.Size(), torch.Size(spn.event_shape), validate_args=validate_args)
@@ -146,7 +143,8 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         new.temperature = self.temperature
         new.hard = self.hard
         new.interpolation = self.interpolation
-        super(SPNDistribution, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        super(SPNDistribution, new).__init__(checks.shape("batch_shape", batch_shape), self.event_shape,
+                                             validate_args=False)
         new._validate_args = self._validate_args
         return new
 
@@ -177,7 +175,7 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
 
     # -- sampling ---------------------------------------------------------------------------------------
     def _draw(self, sample_shape: Sequence[int], rule: Rule, interpolation: Interpolation) -> Tensor:
-        shape = self._extended_shape(torch.Size(sample_shape))
+        shape = self._samples_shape(self._extended_shape(checks.shape("sample_shape", sample_shape)))
         num = math.prod(shape[: len(shape) - len(self.event_shape)])
         return sample(self.spn, num, rule, self.temperature, interpolation).reshape(shape)
 
@@ -209,7 +207,7 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
             samples keep the observed entries and fill in the missing ones; its ``log_prob`` is the exact
             conditional log-density of the missing entries.
         """
-        self._check_value(evidence, allow_nan=True, name="evidence")
+        self._check_value(evidence, allow_nan=True, name="evidence", evidence=True)
         return ConditionalSPNDistribution(self, evidence)
 
     def mpe(self, evidence: Tensor) -> Tensor:
@@ -238,7 +236,7 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         Returns:
             ``(completion [*B, *event_shape], value [*B])``.
         """
-        self._check_value(evidence, allow_nan=True, name="evidence")
+        self._check_value(evidence, allow_nan=True, name="evidence", evidence=True)
         flat, batch = self._flat(evidence)
         completion, value = mpe(self.spn, flat)
         return completion.reshape(evidence.shape), value.reshape(batch)
@@ -268,11 +266,12 @@ class ConditionalSPNDistribution(_SPNShapes, TorchDistribution):
                          validate_args=parent._validate_args if validate_args is None else validate_args)
 
     def expand(self, batch_shape: Sequence[int], _instance=None) -> ConditionalSPNDistribution:
-        evidence = self.evidence.expand(torch.Size(batch_shape) + self.event_shape)
+        evidence = self.evidence.expand(checks.shape("batch_shape", batch_shape) + self.event_shape)
         return ConditionalSPNDistribution(self.parent, evidence, validate_args=self._validate_args)
 
     def _draw(self, sample_shape: Sequence[int], rule: Rule, interpolation: Interpolation) -> Tensor:
-        sample_shape = torch.Size(sample_shape)
+        sample_shape = checks.shape("sample_shape", sample_shape)
+        self._samples_shape(self._extended_shape(sample_shape))
         flat, _ = self._flat(self.evidence)
         repeated = flat.expand(sample_shape + flat.shape).reshape((-1,) + tuple(self.event_shape))
         draws = sample(self.spn, repeated.shape[0], rule, self.parent.temperature, interpolation, evidence=repeated)

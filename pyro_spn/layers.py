@@ -8,14 +8,24 @@ All values are log-likelihoods (log-space everywhere).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .leaves.base import Leaf, Params, straight_through
-from .log_einsum import exp_floor, log_einsum, stable_max
+from .log_einsum import exp_floor, inexact_entries, log_einsum, log_sum_exp, pairs_log_sum_exp, stable_max
 from .structure import RandomBinaryTrees
+
+#: Leaf terms that may cancel are summed in float64; a leaf region's value whose terms could still have lost more than
+#: this many units of the circuit's precision (:meth:`pyro_spn.leaves.Leaf.cancellation`) is recomputed.
+CANCELLATION_TOLERANCE = 16.0
+
+
+def _cast(params: Params, dtype: torch.dtype) -> Params:
+    """The floating-point parameters in ``dtype`` (others, such as a Mixed leaf's group types, as they are)."""
+    return {name: p.to(dtype) if p.is_floating_point() else p for name, p in params.items()}
 
 
 class LeafLayer(nn.Module):
@@ -96,8 +106,9 @@ class LeafLayer(nn.Module):
         """
         repetitions, regions, num_samples = data.shape[0], data.shape[1], data.shape[-1]
         num_components = component.shape[4]
-        lhs = component.movedim(4, 2).reshape(repetitions * regions, num_components, -1)  # [R*L, I, M*C*E]
-        rhs = data.reshape(repetitions * regions, -1, num_samples)  # [R*L, M*C*E, N]
+        contracted = math.prod(data.shape[2:-1])  # M * C * E (explicit: with N = 0, -1 would be ambiguous)
+        lhs = component.movedim(4, 2).reshape(repetitions * regions, num_components, contracted)  # [R*L, I, M*C*E]
+        rhs = data.reshape(repetitions * regions, contracted, num_samples)  # [R*L, M*C*E, N]
         return torch.matmul(lhs, rhs).view(repetitions, regions, num_components, num_samples)
 
     def variable_selection(self, leaf_selection: Tensor) -> Tensor:
@@ -109,6 +120,13 @@ class LeafLayer(nn.Module):
     def log_likelihood(self, x: Tensor, max_product: bool = False) -> tuple[Tensor, Tensor]:
         """Log-likelihoods of all leaf regions, as one batched matmul of sufficient statistics with natural
         parameters (``log p = T(x)·η − A(η) + h(x)``).
+
+        Where those terms can cancel (:meth:`pyro_spn.leaves.Leaf.cancellation`, e.g. Normal leaves far from the
+        origin relative to their scale), the values whose terms could have cancelled beyond
+        ``CANCELLATION_TOLERANCE`` units of ``x``'s precision are summed again in float64, and those still
+        concerned recomputed by the leaf's closed form (:meth:`_recompute_cancelled`): every value is exact
+        whatever the parameters. An infinite entry makes its leaf regions impossible (``-inf``): it is outside
+        every leaf's support, or of density zero.
 
         Args:
             x: ``[N, C, F]`` with NaN for missing entries.
@@ -122,23 +140,103 @@ class LeafLayer(nn.Module):
         """
         leaf = self.leaf
         params = self.params()
-        missing = torch.isnan(x)
-        observed = (~missing).to(x.dtype)
-        x = torch.where(missing, torch.zeros_like(x), x)
+        given = x
+        skipped = ~torch.isfinite(x)  # missing (NaN) or infinite
+        any_skipped = bool(skipped.any())
+        observed = (~skipped).to(x.dtype)
+        x = torch.where(skipped, torch.zeros_like(x), x)
+        base_measure = leaf.log_base_measure(x)
+        ll = self._contract(x, observed, params, any_skipped)
+        kappa = leaf.cancellation(params)
+        if kappa is not None:
+            ll = self._recompute_cancelled(ll, x, observed, base_measure, params, kappa, any_skipped)
+        if any_skipped:
+            ll = self._skipped(ll, given, params, max_product)
+        base = (base_measure * observed).sum((1, 2))
+        return ll.permute(3, 0, 1, 2), base
+
+    def _skipped(self, ll: Tensor, x: Tensor, params: Params, max_product: bool) -> Tensor:
+        """``ll`` ``[R, L, I, N]`` of the finite entries of ``x`` ``[N, C, F]``, with its missing (NaN) entries'
+        modes added for max-product and ``-inf`` wherever a leaf region has an infinite entry."""
+        missing, infinite = torch.isnan(x), torch.isinf(x)
+        if max_product and bool(missing.any()):
+            mode_log_prob = self.component_slots(self.leaf.log_prob(self.leaf.mode(params), params))
+            ll = ll + self.contract_slots(self.data_slots(missing.to(x.dtype)), mode_log_prob)
+        if bool(infinite.any()):
+            impossible = self.data_slots(infinite.to(x.dtype)).sum((2, 3))[:, :, None] > 0  # [R, L, 1, N]
+            ll = ll.masked_fill(impossible, -math.inf)
+        return ll
+
+    def _contract(self, x: Tensor, observed: Tensor, params: Params, any_skipped: bool) -> Tensor:
+        """``Σ T(x)·η − A(η)`` over every leaf region's observed entries, ``[R, L, I, N]``, in ``x``'s dtype.
+
+        Args:
+            x: ``[N, C, F]`` (no NaN); observed: ``[N, C, F]``, 1 where an entry counts; params: the constrained
+                parameters; any_skipped: whether ``observed`` has a 0.
+        """
+        leaf = self.leaf
         stats = leaf.sufficient_statistics(x) * observed[..., None]  # [N, C, F, S]
         eta = self.component_slots(leaf.natural_parameters(params))  # [R, L, M, C, I, S]
-        log_normalizer = self.component_slots(leaf.log_normalizer(params))  # [R, L, M, C, I]
         ll = self.contract_slots(self.data_slots(stats), eta)  # [R, L, I, N]
-        any_missing = bool(missing.any())
-        if any_missing:
-            ll = ll - self.contract_slots(self.data_slots(observed), log_normalizer)
-        else:
-            ll = ll - log_normalizer.sum((2, 3))[..., None]
-        if max_product and any_missing:
-            mode_log_prob = self.component_slots(leaf.log_prob(leaf.mode(params), params))
-            ll = ll + self.contract_slots(self.data_slots(missing.to(x.dtype)), mode_log_prob)
-        base = (leaf.log_base_measure(x) * observed).sum((1, 2))
-        return ll.permute(3, 0, 1, 2), base
+        log_normalizer = self.component_slots(leaf.log_normalizer(params))  # [R, L, M, C, I]
+        if any_skipped:
+            return ll - self.contract_slots(self.data_slots(observed), log_normalizer)
+        return ll - log_normalizer.sum((2, 3))[..., None]
+
+    def _recompute_cancelled(self, ll: Tensor, x: Tensor, observed: Tensor, base_measure: Tensor, params: Params,
+                             kappa: Tensor, any_skipped: bool) -> Tensor:
+        """``ll`` ``[R, L, I, N]`` (:meth:`_contract` of ``x``) with the values whose terms could have cancelled
+        (:meth:`_cancelled`) summed again in float64 (the whole contraction, if there are any and ``x`` is
+        narrower), and those still concerned then recomputed by :meth:`_region_log_prob`.
+
+        Args:
+            x, observed, base_measure: ``[N, C, F]``; params: the constrained parameters; kappa: ``[C, F, I, R]``,
+                the leaf's :meth:`~pyro_spn.leaves.Leaf.cancellation`; any_skipped: whether ``observed`` has a 0.
+        """
+        bound = self._cancellation_bound(kappa, observed, any_skipped)
+        entries = self._cancelled(ll, bound, x.dtype)
+        if entries is not None and x.dtype != torch.float64:
+            ll = self._contract(x.double(), observed.double(), _cast(params, torch.float64), any_skipped)
+            entries = self._cancelled(ll, bound, x.dtype)
+        if entries is not None:
+            exact = self._region_log_prob(x, observed, base_measure, params, entries)
+            ll = ll.index_put(tuple(entries.T), exact.to(ll.dtype))
+        return ll.to(x.dtype)
+
+    def _cancellation_bound(self, kappa: Tensor, observed: Tensor, any_skipped: bool) -> Tensor:
+        """``Σ κ`` over every leaf region's observed entries: ``[R, L, I, N]``, or ``[R, L, I, 1]`` when every entry
+        is observed (no data involved then); ``kappa`` ``[C, F, I, R]``."""
+        kappa_slots = self.component_slots(kappa)  # [R, L, M, C, I]
+        if any_skipped:
+            return self.contract_slots(self.data_slots(observed.to(kappa.dtype)), kappa_slots)
+        return kappa_slots.sum((2, 3))[..., None]
+
+    @staticmethod
+    def _cancelled(ll: Tensor, bound: Tensor, dtype: torch.dtype) -> Tensor | None:
+        """The values of ``ll`` ``[R, L, I, N]``, summed in its dtype, whose cancellation bound ``ε_ll · bound``
+        (``bound``: ``Σ κ`` over each value's terms) exceeds ``CANCELLATION_TOLERANCE · ε · (|ll| + 1)``, ``ε`` the
+        precision of ``dtype``: their indices ``[B, 4]`` ``(repetition, region, component, sample)``, or None."""
+        accepted = CANCELLATION_TOLERANCE * torch.finfo(dtype).eps / torch.finfo(ll.dtype).eps
+        magnitude = ll.detach().abs()
+        if bound.shape[-1] == 1 and magnitude.shape[-1] > 0:  # first against each component's smallest |value|
+            if not bool((bound > accepted * (magnitude.amin(-1, keepdim=True) + 1)).any()):
+                return None
+        cancelled = bound > accepted * (magnitude + 1)
+        return cancelled.nonzero() if bool(cancelled.any()) else None
+
+    def _region_log_prob(self, x: Tensor, observed: Tensor, base_measure: Tensor, params: Params,
+                         entries: Tensor) -> Tensor:
+        """``Σ (log p − h)`` over the observed entries of leaf regions by the leaf's closed form, one variable at a
+        time: ``[B]`` for ``entries`` ``[B, 4]`` ``(repetition, region, component, sample)``; ``x``,
+        ``observed`` and ``base_measure`` (``h(x)``) ``[N, C, F]``."""
+        repetition, region, component, sample = (index[:, None] for index in entries.unbind(1))
+        feature = self.leaf_slots[repetition[:, 0], region[:, 0]]  # [B, M], padding slots F
+        padding = feature == self.num_features
+        feature = feature.masked_fill(padding, 0)  # a valid variable, not counted
+        counted = observed[sample, :, feature] * ~padding[..., None]  # [B, M, C]
+        own = {name: p[:, feature, component, repetition].movedim(0, 2) for name, p in params.items()}
+        log_prob = self.leaf.log_prob(x[sample, :, feature], own) - base_measure[sample, :, feature]
+        return (log_prob * counted).sum((1, 2))
 
     # -- every component on its own -----------------------------------------------------------------------
     def log_prob(self, x: Tensor) -> Tensor:
@@ -249,7 +347,9 @@ class EinsumLayer(nn.Module):
         """Sum-product pass.
 
         Each child region is shifted by its maximum and children more than ``|floor|`` nats below it are raised
-        to the floor before exp (see :func:`~pyro_spn.log_einsum.exp_floor`).
+        to the floor before exp (see :func:`~pyro_spn.log_einsum.exp_floor`); the rare outputs whose mixture is
+        too small for that to be exact (:func:`~pyro_spn.log_einsum.exact_threshold`) are recomputed as a direct
+        log-sum-exp over their pairs, so the values are exact whatever their spread.
 
         On the CPU the layer runs in a batch-innermost ``[R, L, K, N]`` layout through
         :func:`~pyro_spn.log_einsum.log_einsum` (the native kernel of :mod:`pyro_spn.native` where it builds, or
@@ -280,7 +380,14 @@ class EinsumLayer(nn.Module):
         pairs = (left_scaled[..., :, None] * right_scaled[..., None, :]).flatten(-2)
         weights = self.logits.flatten(-2).softmax(-1).transpose(-1, -2)  # [R, L, K_in * K_in, K_out]
         mixed = torch.matmul(pairs, weights).permute(2, 0, 1, 3)  # [N, R, L, K_out]
-        return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log() + left_max + right_max
+        out = mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log() + left_max + right_max
+        entries = inexact_entries(mixed.detach())  # [B, 4]: (sample, repetition, region, unit), or None
+        if entries is None:
+            return out
+        sample, repetition, region, unit = entries.unbind(1)
+        exact = pairs_log_sum_exp(left[sample, repetition, region], right[sample, repetition, region],
+                                  self.logits.flatten(-2)[repetition, region, unit])
+        return out.index_put((sample, repetition, region, unit), exact)
 
     def forward_max(self, x: Tensor) -> Tensor:
         """Max-product pass: ``max_ij log w[k, i, j] + left_i + right_j``.
@@ -315,8 +422,9 @@ class RepetitionMixing(nn.Module):
         return self.logits.log_softmax(-1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[N, R]`` repetition log-likelihoods → ``[N]`` root log-likelihood."""
-        return torch.logsumexp(x + self.log_weights(), dim=-1)
+        """``[N, R]`` repetition log-likelihoods → ``[N]`` root log-likelihood (``-inf`` for an impossible value,
+        with a zero gradient)."""
+        return log_sum_exp(x + self.log_weights())
 
     def forward_max(self, x: Tensor) -> Tensor:
         """``[N, R]`` → ``[N]`` max over repetitions."""

@@ -8,7 +8,10 @@ Shapes: ``R`` repetitions, ``L`` output regions (the input has ``2L``: siblings 
 ``w = softmax(logits)`` over the ``K * K`` pairs,
 
 is computed with each child region shifted by its maximum, as a contraction of the weights with the products
-of all pairs of shifted, exponentiated children. On the CPU, in float32 and float64, the native kernel
+of all pairs of shifted, exponentiated children; the rare entries whose mixture falls so far below the best pair
+that the children's floor (:func:`exp_floor`) could show in it (:func:`exact_threshold`) are recomputed as a direct
+log-sum-exp over their pairs (:func:`pairs_log_sum_exp`), so the result is exact whatever the spread of the values.
+On the CPU, in float32 and float64, the native kernel
 (:func:`pyro_spn.native.bilinear`) contracts them in one pass, the products of pairs never leaving registers;
 the children's gradients are the same contraction with the weights permuted. Otherwise (no C compiler, other
 dtypes or devices) the contraction is a batched matmul with the ``[G, K * K, N]`` products of pairs, the largest
@@ -46,10 +49,70 @@ def exp_floor(dtype: torch.dtype) -> float:
     """The floor of shifted child log-likelihoods before exp.
 
     Children more than ``|floor|`` nats below their region's best are raised to it, so that products of pairs and
-    weights stay normal floats: subnormal arithmetic is ~10x slower on CPUs, and those children's true share of
-    the sum (< e^floor of the best pair's) is below the precision.
+    weights stay normal floats: subnormal arithmetic is ~10x slower on CPUs. Their true share of a mixture is
+    below the precision unless the mixture itself is tiny (its heavily weighted pairs far below the best pair);
+    such entries are recomputed exactly (:func:`exact_threshold`).
     """
     return EXP_FLOOR_FRACTION * math.log(torch.finfo(dtype).tiny)
+
+
+def exact_threshold(dtype: torch.dtype) -> float:
+    """The smallest shifted mixture the floored contraction computes to the dtype's precision.
+
+    Raising children to the floor adds less than ``e^floor`` to a mixture (the weights sum to 1 and every other
+    factor is at most 1), a relative error below ``e^floor / mixed``: at most the dtype's epsilon above this
+    threshold (about 4e-7 in float32). Entries below it are recomputed exactly.
+    """
+    return math.exp(exp_floor(dtype)) / torch.finfo(dtype).eps
+
+
+def inexact_entries(mixed: Tensor) -> Tensor | None:
+    """The indices ``[B, mixed.dim()]`` of the entries of shifted mixtures ``mixed`` below :func:`exact_threshold`
+    (to be recomputed), or None if there are none (the common case: a comparison and a reduction)."""
+    below = mixed < exact_threshold(mixed.dtype)
+    return below.nonzero() if bool(below.any()) else None
+
+
+def pairs_log_sum_exp(left: Tensor, right: Tensor, logits: Tensor) -> Tensor:
+    """``log Σ_ij w[i * K + j] · exp(left_i + right_j)``, ``w = softmax(logits)``, as a direct log-sum-exp over the
+    pairs (:func:`log_sum_exp`), a chunk of entries at a time: exact whatever the spread.
+
+    Args:
+        left, right: ``[B, K]`` child log-likelihoods of ``B`` entries.
+        logits: ``[B, K * K]`` their unnormalized log-weights.
+
+    Returns:
+        ``[B]``.
+    """
+    size = _entry_chunk(logits.shape[-1])
+    parts = [_pairs_log_sum_exp(*chunk) for chunk in zip(left.split(size), right.split(size), logits.split(size),
+                                                         strict=True)]
+    return torch.cat(parts) if parts else left.new_empty(0)
+
+
+def _pairs_log_sum_exp(left: Tensor, right: Tensor, logits: Tensor) -> Tensor:
+    """:func:`pairs_log_sum_exp` of one chunk."""
+    return log_sum_exp(_pair_scores(left, right, logits.log_softmax(-1)))
+
+
+def _pair_scores(left: Tensor, right: Tensor, log_weights: Tensor) -> Tensor:
+    """``log w_ij + left_i + right_j`` of every pair: ``[B, K]``, ``[B, K]``, ``[B, K * K]`` → ``[B, K * K]``."""
+    return (left[:, :, None] + right[:, None, :]).flatten(1) + log_weights
+
+
+def log_sum_exp(scores: Tensor) -> Tensor:
+    """``log Σ exp`` over the last dim, ``-inf`` where every score is ``-inf``, with a zero gradient there where
+    ``torch.logsumexp``'s is NaN: ``[..., Q]`` → ``[...]``."""
+    shift = stable_max(scores)
+    total = (scores - shift).exp().sum(-1, keepdim=True)
+    possible = total > 0
+    log_total = torch.where(possible, total, torch.ones_like(total)).log()
+    return torch.where(possible, log_total + shift, torch.full_like(total, -math.inf))[..., 0]
+
+
+def _entry_chunk(num_pairs: int) -> int:
+    """How many entries recomputed at once have pairs (``[b, K * K]``) of about ``PAIRS_CHUNK_BYTES`` in float64."""
+    return max(1, PAIRS_CHUNK_BYTES // (8 * num_pairs))
 
 
 def log_einsum(x: Tensor, logits: Tensor) -> Tensor:
@@ -67,13 +130,17 @@ def log_einsum(x: Tensor, logits: Tensor) -> Tensor:
 
 
 def log_einsum_reference(x: Tensor, logits: Tensor) -> Tensor:
-    """:func:`log_einsum` in plain differentiable operations on whole tensors (no floor, no chunks): the
-    reference the chunked function is tested against, and its backward under ``create_graph``."""
+    """:func:`log_einsum` in plain differentiable operations (no floor, no chunks of pairs): the reference the
+    chunked function is tested against, and its backward under ``create_graph``."""
     shift = stable_max(x, dim=-2)  # [R, 2L, 1, N]
     children = _as_children(torch.exp(x - shift))
-    mixed = logits.softmax(-1).flatten(0, 1) @ _pairs(children)  # [G, K_out, N]
-    repetitions, regions = logits.shape[:2]
-    return mixed.view(repetitions, regions, *mixed.shape[1:]).log() + _pair_shift(shift)
+    flat_logits = logits.flatten(0, 1)  # [G, K_out, K * K]
+    mixed = flat_logits.softmax(-1) @ _pairs(children)  # [G, K_out, N]
+    out = mixed.clamp_min(torch.finfo(x.dtype).tiny).log() + _pair_shift(shift).flatten(0, 1)
+    entries = inexact_entries(mixed.detach())
+    if entries is not None:
+        out = out.index_put(tuple(entries.T), _exact_entries(x, flat_logits, entries))
+    return out.view(logits.shape[:-1] + x.shape[-1:])
 
 
 def _as_children(scaled: Tensor) -> Tensor:
@@ -96,6 +163,20 @@ def _pairs(children: Tensor, out: Tensor | None = None) -> Tensor:
     pairs = torch.mul(children[:, 0, :, None, :], children[:, 1, None, :, :],
                       out=None if out is None else out[:groups].view(shape))
     return pairs.view(groups, num_inputs * num_inputs, num_samples)
+
+
+def _entry_children(x: Tensor, entries: Tensor) -> tuple[Tensor, Tensor]:
+    """The left and right children ``[B, K]`` of the entries ``[B, 3]`` ``(group, unit, sample)`` of ``x``
+    ``[R, 2L, K, N]``."""
+    children = _as_children(x)
+    group, sample = entries[:, 0], entries[:, 2]
+    return children[group, 0, :, sample], children[group, 1, :, sample]
+
+
+def _exact_entries(x: Tensor, flat_logits: Tensor, entries: Tensor) -> Tensor:
+    """:func:`pairs_log_sum_exp` of the entries ``[B, 3]`` ``(group, unit, sample)`` of the layer's output
+    (differentiable); ``x`` ``[R, 2L, K, N]``, ``flat_logits`` ``[G, K_out, K * K]``; returns ``[B]``."""
+    return pairs_log_sum_exp(*_entry_children(x, entries), flat_logits[entries[:, 0], entries[:, 1]])
 
 
 def _use_native(children: Tensor) -> bool:
@@ -138,16 +219,18 @@ class ChunkedLogEinsum(torch.autograd.Function):
 
     Forward: ``weights = softmax(logits)``; shift, floor and exponentiate the children in place, then
     ``mixed = weights @ pairs`` by the native kernel or, per chunk of groups, by forming the pairs and a batched
-    matmul; the output is ``log mixed`` plus the shifts.
+    matmul; the output is ``log mixed`` plus the shifts, except at the entries whose ``mixed`` is below
+    :func:`exact_threshold` (:func:`inexact_entries`), which are a direct log-sum-exp over their pairs
+    (:func:`pairs_log_sum_exp`).
 
-    Backward, with ``g = grad / mixed`` (zero where ``mixed`` was clamped at the smallest normal float), per chunk:
+    Backward, with ``g = grad / mixed`` (zero at the recomputed entries), per chunk:
     ``grad_weights = g @ pairsᵀ`` and at once, while it is in cache, through the softmax (``w ⊙ (g_w - Σ w ⊙ g_w)``,
     in place); ``grad_pairs = weightsᵀ @ g``, times the pairs (through exp: ``∂ pair_ij / ∂ x_left_i = pair_ij``),
     summed over the right child for the left child's gradient and over the left for the right's (the native
     kernel computes these two sums directly, as ``Σ_j right_j Σ_k w[k, i, j] g_k`` and its mirror, then times
-    the child); then through the floor (zero where a child was floored).
-    The shifts cancel and carry no gradient. Under ``create_graph`` the gradients are those of
-    :func:`log_einsum_reference`, so higher derivatives work.
+    the child); then through the floor (zero where a child was floored). The recomputed entries add their
+    exact gradients (:func:`_entries_backward`). The shifts cancel and carry no gradient. Under ``create_graph``
+    the gradients are those of :func:`log_einsum_reference`, so higher derivatives work.
     """
 
     @staticmethod
@@ -172,16 +255,21 @@ class ChunkedLogEinsum(torch.autograd.Function):
             buffer = _chunk_buffer(children, chunks, role=0)
             for part in chunks:
                 torch.matmul(flat_weights[part], _pairs(children[part], buffer), out=mixed[part])
-        tiny = torch.finfo(x.dtype).tiny
-        inverse = mixed.reciprocal().masked_fill_(mixed <= tiny, 0.0) if any(ctx.needs_input_grad) else None
-        ctx.save_for_backward(x, logits, weights, children, kept, inverse)
-        out = mixed.clamp_min_(tiny).log_().view(repetitions, regions, num_outputs, num_samples)
-        return out.add_(_pair_shift(shift))
+        entries = inexact_entries(mixed)  # [B, 3]: (group, unit, sample), or None
+        inverse = mixed.reciprocal() if any(ctx.needs_input_grad) else None
+        exact = None if entries is None else _exact_entries(x, logits.flatten(0, 1), entries)
+        out = mixed.log_().view(repetitions, regions, num_outputs, num_samples).add_(_pair_shift(shift))
+        if entries is not None and exact is not None:  # (both or neither)
+            out.view(mixed.shape).index_put_(tuple(entries.T), exact)
+            if inverse is not None:
+                inverse.index_put_(tuple(entries.T), inverse.new_zeros(()))
+        ctx.save_for_backward(x, logits, weights, children, kept, inverse, entries, exact)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """``grad`` ``[R, L, K_out, N]`` → gradients of ``x`` and ``logits`` (None where not needed)."""
-        x, logits, weights, children, kept, inverse = ctx.saved_tensors
+        x, logits, weights, children, kept, inverse, entries, exact = ctx.saved_tensors
         need_x, need_logits = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph
             inputs = [t for t, needed in zip((x, logits), ctx.needs_input_grad, strict=True) if needed]
@@ -198,7 +286,41 @@ class ChunkedLogEinsum(torch.autograd.Function):
         else:
             _backward_in_chunks(children, g, flat_weights, grad_logits, grad_children)
         grad_x = None if grad_children is None else grad_children.view(x.shape).mul_(kept)
-        return grad_x, None if grad_logits is None else grad_logits.view(logits.shape)
+        grad_logits_out = None if grad_logits is None else grad_logits.view(logits.shape)
+        if entries is not None:
+            _entries_backward(x, logits, entries, exact, grad, grad_x, grad_logits_out)
+        return grad_x, grad_logits_out
+
+
+def _entries_backward(x: Tensor, logits: Tensor, entries: Tensor, exact: Tensor, grad: Tensor,
+                      grad_x: Tensor | None, grad_logits: Tensor | None) -> None:
+    """Adds the gradients of the recomputed entries ``[B, 3]`` ``(group, unit, sample)``, whose values were
+    ``exact`` ``[B]``, into ``grad_x`` ``[R, 2L, K, N]`` and ``grad_logits`` ``[R, L, K_out, K * K]`` (each where
+    given), for the upstream ``grad`` ``[R, L, K_out, N]``.
+
+    With ``p`` the posterior of the pairs, ``w_ij exp(left_i + right_j - exact)`` (zero where ``exact`` is
+    ``-inf``), times the upstream gradient: the left child's gradient is ``Σ_j p_ij``, the right's ``Σ_i p_ij``,
+    the logits' ``p - g · w`` (through the softmax).
+    """
+    num_inputs = x.shape[2]
+    flat_logits = logits.flatten(0, 1)
+    upstream = grad.flatten(0, 1)[tuple(entries.T)]  # [B]
+    size = _entry_chunk(flat_logits.shape[-1])
+    for part, value, g in zip(entries.split(size), exact.split(size), upstream.split(size), strict=True):
+        group, unit, sample = part.unbind(1)
+        left, right = _entry_children(x, part)
+        log_w = flat_logits[group, unit].log_softmax(-1)  # [b, K * K]
+        scores = _pair_scores(left, right, log_w)
+        possible = torch.isfinite(value)[:, None]
+        posterior = torch.where(possible, (scores - value[:, None]).exp(), 0.0) * g[:, None]
+        if grad_x is not None:
+            square = posterior.view(-1, num_inputs, num_inputs)
+            by_sample = _as_children(grad_x).transpose(2, 3)  # [G, 2, N, K]
+            for side, marginal in enumerate((square.sum(2), square.sum(1))):
+                by_sample.index_put_((group, torch.full_like(group, side), sample), marginal, accumulate=True)
+        if grad_logits is not None:
+            gradient = posterior - g[:, None] * log_w.exp()
+            grad_logits.flatten(0, 1).index_put_((group, unit), gradient, accumulate=True)
 
 
 def _children_grad_native(children: Tensor, g: Tensor, weights: Tensor, out: Tensor) -> None:

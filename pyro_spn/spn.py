@@ -88,8 +88,8 @@ class RatSPN(nn.Module):
         count = self.num_parameters(self.event_shape, depth=depth, num_repetitions=num_repetitions,
                                     num_sums=num_sums, num_leaves=num_leaves, leaf=leaf)
         if count > MAX_PARAMETERS:
-            raise ValueError(f"num_repetitions, num_sums, num_leaves, depth: this circuit would have {count:.3g} "
-                             f"parameters, more than the {MAX_PARAMETERS:.3g} allowed")
+            raise ValueError(f"event_shape, depth, num_repetitions, num_sums, num_leaves, leaf: this circuit would "
+                             f"have {count:.3g} parameters, more than the {MAX_PARAMETERS:.3g} allowed")
 
         trees = random_binary_trees(self.num_features, depth, num_repetitions, self.seed)
         generator = torch.Generator().manual_seed(self.seed)
@@ -120,6 +120,7 @@ class RatSPN(nn.Module):
     # -- shapes -------------------------------------------------------------------------------------------
     def flatten_data(self, x: Tensor) -> Tensor:
         """``[N, *event_shape]`` → ``[N, C, F]`` (cast to the parameters' dtype)."""
+        checks.real_tensor("x", x)
         if x.dim() != 1 + len(self.event_shape) or tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"x: expected shape [N, {', '.join(map(str, self.event_shape))}], got {tuple(x.shape)}")
         return x.to(self.root.logits.dtype).reshape(x.shape[0], self.num_channels, self.num_features)

@@ -21,11 +21,12 @@ KINDS: tuple[str, ...] = ("constant", "annealed", "learned")
 
 
 class Temperature(nn.Module, metaclass=abc.ABCMeta):
-    """Base class: ``forward()`` returns the current ``τ``, a scalar tensor ``> 0``."""
+    """Base class: ``forward()`` returns the current ``τ``, a scalar tensor ``>=``
+    :data:`~pyro_spn.checks.MIN_TEMPERATURE` (smaller ones overflow the relaxed selections' gradients)."""
 
     @abc.abstractmethod
     def forward(self) -> Tensor:
-        """The current temperature, a scalar tensor ``> 0``."""
+        """The current temperature, a scalar tensor ``>= MIN_TEMPERATURE``."""
 
     def step(self, epoch: int, max_epochs: int) -> None:
         """Called by the trainer at the start of every epoch (``0 <= epoch``); a no-op by default."""
@@ -38,7 +39,7 @@ class ConstantTemperature(Temperature):
 
     def __init__(self, value: float = 1.0) -> None:
         super().__init__()
-        self.register_buffer("value", torch.tensor(checks.positive("value", value)))
+        self.register_buffer("value", torch.tensor(checks.temperature("value", value)))
 
     def forward(self) -> Tensor:
         return self.value
@@ -54,8 +55,8 @@ class AnnealedTemperature(Temperature):
 
     def __init__(self, start: float = 1.0, minimum: float = 0.5, rate: float = 1.0) -> None:
         super().__init__()
-        self.start = checks.positive("start", start)
-        self.minimum = checks.positive("minimum", minimum)
+        self.start = checks.temperature("start", start)
+        self.minimum = checks.temperature("minimum", minimum)
         if self.minimum > self.start:
             raise ValueError(f"minimum must be <= start ({self.start}), got {minimum!r}")
         self.rate = checks.non_negative("rate", rate)
@@ -82,16 +83,18 @@ class LearnedTemperature(Temperature):
 
     Args:
         init: the initial ``τ`` (``> floor``).
-        floor: the smallest ``τ`` reachable, keeping the selections' gradients finite.
+        floor: the smallest ``τ`` reachable, keeping the selections' gradients finite (at least
+            :data:`~pyro_spn.checks.MIN_TEMPERATURE`).
     """
 
     def __init__(self, init: float = 1.0, floor: float = 0.01) -> None:
         super().__init__()
-        self.floor = checks.positive("floor", floor)
-        init = checks.positive("init", init)
+        self.floor = checks.temperature("floor", floor)
+        init = checks.temperature("init", init)
         if init <= self.floor:
             raise ValueError(f"init must be > floor ({self.floor}), got {init!r}")
-        raw = math.log(math.expm1(init - self.floor))  # the inverse of softplus
+        excess = init - self.floor
+        raw = excess + math.log(-math.expm1(-excess))  # the inverse of softplus, without overflow for large τ
         self.raw = nn.Parameter(torch.tensor(raw))
 
     def forward(self) -> Tensor:

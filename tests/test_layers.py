@@ -46,11 +46,16 @@ def test_layer_gradients_match_log_sum_exp():
     assert torch.allclose(grad_logits, layer.logits.grad, atol=1e-10)
 
 
-def test_all_children_impossible_gives_minus_infinity_free_output():
+def test_all_children_impossible_gives_minus_infinity_without_nan():
+    """Impossible children make the output impossible (``-inf``, the exact log-sum-exp), on both paths, and pass
+    back a zero gradient (no NaN)."""
     layer = EinsumLayer(1, 3, 2, 1, torch.Generator().manual_seed(0))
-    x = torch.full((2, 1, 2, 3), -float("inf"))
-    out = layer(x)
-    assert not torch.isnan(out).any()
+    for forward in (layer.forward, layer._forward_broadcast):
+        x = torch.full((2, 1, 2, 3), -float("inf"), requires_grad=True)
+        out = forward(x)
+        assert (out == -float("inf")).all()
+        out.sum().backward()
+        assert (x.grad == 0).all()
 
 
 def test_cpu_and_gpu_formulas_agree():

@@ -42,16 +42,21 @@ def leaf_from_config(config: Mapping[str, Any]) -> Leaf:
     if not isinstance(config, Mapping) or "type" not in config:
         raise ValueError(f"leaf config must be a mapping with a 'type', got {config!r}")
     kind = config["type"]
-    if kind not in LEAVES:
+    if not isinstance(kind, str) or kind not in LEAVES:
         raise ValueError(f"leaf config: type must be one of {', '.join(LEAVES)}; got {kind!r}")
     options = {key: value for key, value in config.items() if key != "type"}
-    if kind == "mixed":
-        groups = options.get("groups")
-        if (set(options) != {"groups"} or not isinstance(groups, list)
-                or not all(isinstance(g, list | tuple) and len(g) == 2 for g in groups)):
-            raise ValueError(f"leaf config: a mixed leaf needs exactly 'groups', got {config!r}")
-        return Mixed(tuple((leaf_from_config(group[0]), group[1]) for group in groups))
     try:
+        if kind == "mixed":
+            return Mixed(_mixed_groups(config, options))
         return LEAVES[kind](**options)
     except TypeError as error:
         raise ValueError(f"leaf config {dict(config)!r}: {error}") from None
+
+
+def _mixed_groups(config: Mapping[str, Any], options: dict[str, Any]) -> tuple[tuple[Leaf, Any], ...]:
+    """A mixed leaf's ``(leaf, size)`` groups from its config (``options``: the config without its type)."""
+    groups = options.get("groups")
+    if (set(options) != {"groups"} or not isinstance(groups, list)
+            or not all(isinstance(g, list | tuple) and len(g) == 2 for g in groups)):
+        raise ValueError(f"leaf config: a mixed leaf needs exactly 'groups', got {config!r}")
+    return tuple((leaf_from_config(group[0]), group[1]) for group in groups)

@@ -10,7 +10,8 @@ channels, ``F`` variables, ``I`` components and ``R`` repetitions) and passes th
 Every leaf family is an exponential family, ``log p(x) = T(x)·η − A(η) + h(x)``, and the spec exposes its pieces
 (:meth:`~Leaf.natural_parameters`, :meth:`~Leaf.log_normalizer`, :meth:`~Leaf.sufficient_statistics`,
 :meth:`~Leaf.log_base_measure`) so that the circuit can evaluate all leaf regions with one batched matmul
-instead of materializing ``[N, C, F, I, R]`` log-probabilities.
+instead of materializing ``[N, C, F, I, R]`` log-probabilities; :meth:`~Leaf.cancellation` says how much
+precision that sum can lose.
 
 All methods that take parameters ``params`` (a dict of tensors of batch shape ``[*B]``, plus each parameter's
 own event dims) broadcast them against their values. Draws come in three forms:
@@ -108,6 +109,17 @@ class Leaf(abc.ABC):
     def log_base_measure(self, x: Tensor) -> Tensor:
         """``h(x)``, same shape as ``x``."""
         return torch.zeros_like(x)
+
+    def cancellation(self, params: Params) -> Tensor | None:
+        """How much ``T(x)·η − A(η)`` can cancel, per component ``[*B]`` (no gradient): summed in a dtype of
+        precision ``ε``, an entry's ``log p(x) − h(x)`` is off by at most about ``ε · (3 |log p(x)| + κ)``.
+
+        ``None`` (the default) where the terms are never much larger than the result beyond what the family's
+        own closed form rounds (the circuit then contracts them in its own dtype); otherwise the circuit sums
+        them in float64 and recomputes by :meth:`log_prob` the values whose ``κ`` is too large even for that
+        (:meth:`pyro_spn.layers.LeafLayer.log_likelihood`).
+        """
+        return None
 
     def log_prob(self, x: Tensor, params: Params) -> Tensor:
         """Log-density (log-mass) of ``x`` under the components ``params`` (broadcast); ``x`` in the support."""

@@ -49,10 +49,15 @@ class Binomial(LogitLeaf):
         return math.lgamma(n + 1) - torch.lgamma(x + 1) - torch.lgamma(n - x + 1)
 
     def _moments(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """The Gaussian approximation's ``(mean, std)``, the std floored at 1e-6."""
+        """The Gaussian approximation's ``(mean, std)``, the std floored at 1e-6.
+
+        The std is ``exp((log N + log p + log(1 − p)) / 2)`` from log-sigmoids, so that it and its gradient stay
+        finite where ``p(1 − p)`` underflows (``|logits|`` beyond ~88 in float32: a square root of 0 has an
+        infinite slope).
+        """
         mean = self.total_count * torch.sigmoid(logits)
-        std = (mean * torch.sigmoid(-logits)).sqrt().clamp_min(1e-6)
-        return mean, std
+        log_variance = math.log(self.total_count) + F.logsigmoid(logits) + F.logsigmoid(-logits)
+        return mean, (0.5 * log_variance).exp().clamp_min(1e-6)
 
     def sample(self, params: Params) -> Tensor:
         with torch.no_grad():

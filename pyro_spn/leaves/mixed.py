@@ -171,6 +171,14 @@ class Mixed(Leaf):
     def log_normalizer(self, params: Params) -> Tensor:
         return self._per_group(params, lambda leaf, p, _: leaf.log_normalizer(p))
 
+    def cancellation(self, params: Params) -> Tensor | None:
+        """Each group's own (0 for the groups whose family has none); ``None`` if no group's family has one."""
+        kappas = [leaf.cancellation(self._group_params(params, g)) for g, leaf in enumerate(self.leaves)]
+        known = [kappa for kappa in kappas if kappa is not None]
+        if not known:
+            return None
+        return self._pick(params["type"], [torch.zeros_like(known[0]) if kappa is None else kappa for kappa in kappas])
+
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         """``T(x)`` for ``x [*B, F]`` (the variables last, as in the circuit's ``[N, C, F]``); ``[*B, F, S]``."""
         return self._by_feature(x, lambda leaf, v: self._pad_statistics(leaf.sufficient_statistics(v)), 1)

@@ -64,6 +64,11 @@ class Normal(Leaf):
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return torch.stack([x, x * x], dim=-1)
 
+    def cancellation(self, params: Params) -> Tensor:
+        """``3 (loc / scale)²``: the terms ``x·loc/scale²``, ``x²/(2 scale²)`` and ``loc²/(2 scale²)`` add up to at
+        most ``3 (x − loc)²/(2 scale²) + 3 loc²/scale²``, and only the second part can exceed ``3 |log p(x)|``."""
+        return 3.0 * (params["loc"] / params["scale"]).detach().square()
+
     def log_base_measure(self, x: Tensor) -> Tensor:
         return torch.full_like(x, -_HALF_LOG_TWO_PI)
 
