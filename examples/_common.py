@@ -42,7 +42,8 @@ def make_parser(name: str, description: str | None = None, epochs: int = 10) -> 
     parser = argparse.ArgumentParser(prog=f"{name}.py", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (default: digits)")
-    parser.add_argument("--data-root", default="data", help="folder of the torchvision data files")
+    parser.add_argument("--data-root", default=None,
+                        help="folder of the torchvision data files (default: data; the bundled digits need none)")
     parser.add_argument("--download", action="store_true", help="download missing torchvision data files")
     parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default: {epochs})")
     parser.add_argument("--batch-size", type=int, default=128, help="examples per mini-batch")

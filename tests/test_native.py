@@ -126,12 +126,12 @@ def test_falls_back_with_a_warning_without_a_compiler(tmp_path):
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set variants")
 @pytest.mark.parametrize("flags", [["-mno-avx512f"], ["-mno-avx"]], ids=["avx2-tiles", "sse-tiles"])
 def test_other_instruction_sets_build_and_agree(tmp_path, flags):
-    """The same source compiled without AVX-512 (3-row tiles of 8-float vectors) and without AVX (4-float
+    """The same sources compiled without AVX-512 (3-row tiles of 8-float vectors) and without AVX (4-float
     vectors) gives the same values: the tile code that other machines run."""
     compiler = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc") or shutil.which("clang")
     target = tmp_path / "variant.so"
-    result = subprocess.run([compiler, *native._FLAG_SETS[0], *flags, *native._COMMON_FLAGS, str(native.SOURCE),
-                             "-o", str(target)], capture_output=True, text=True)
+    result = subprocess.run([compiler, *native._FLAG_SETS[0], *flags, *native._COMMON_FLAGS,
+                             *map(str, native.sources()), "-o", str(target)], capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"this compiler cannot build the variant: {result.stderr.strip()[-200:]}")
     library = native._declare(ctypes.CDLL(str(target)))

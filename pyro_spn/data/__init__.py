@@ -8,7 +8,7 @@ Modules: :mod:`.synthetic` (2-D sets and their exact densities), :mod:`.images` 
 
 from .dataset import Dataset, DatasetNotFoundError, model_scale
 from .images import IMAGE_DATASETS
-from .loading import DATASETS, LEAVES, load_dataset
+from .loading import DATASETS, LEAVES, event_shape_of, load_dataset
 from .preprocessing import Binarize, Counts, Identity, Preprocessing, Standardize
 from .synthetic import SYNTHETIC_DATASETS, GaussianMixture2D
 
@@ -25,6 +25,7 @@ __all__ = [
     "Identity",
     "Preprocessing",
     "Standardize",
+    "event_shape_of",
     "load_dataset",
     "model_scale",
 ]

@@ -50,8 +50,9 @@ def read_cache(path: Path, name: str) -> dict[str, RawSplit] | None:
         return None
 
 
-def write_cache(path: Path, name: str, splits: dict[str, RawSplit]) -> None:
-    """Writes ``splits`` to ``path`` atomically; a failure (read-only folder, full disk) only warns."""
+def write_cache(path: Path, name: str, splits: dict[str, RawSplit], mode: int | None = None) -> None:
+    """Writes ``splits`` to ``path`` atomically (with permission bits ``mode``, default the umask's); a failure
+    (read-only folder, full disk) only warns."""
     def write(temp: Path) -> None:
         with h5py.File(temp, "w") as file:
             file.attrs["format_version"] = FORMAT_VERSION
@@ -63,6 +64,6 @@ def write_cache(path: Path, name: str, splits: dict[str, RawSplit]) -> None:
                     group.create_dataset("labels", data=labels.numpy())
 
     try:
-        atomic.write_atomically(path, write)
+        atomic.write_atomically(path, write, mode)
     except OSError as error:
         warnings.warn(f"could not write the cache file {path}: {error}", stacklevel=3)

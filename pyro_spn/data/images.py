@@ -21,12 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor
 
 from .dataset import DatasetNotFoundError
+
+if TYPE_CHECKING:
+    from torchvision.datasets import CelebA
 
 IMAGE_DATASETS: tuple[str, ...] = ("digits", "mnist", "svhn", "cifar10", "celeba")
 
@@ -86,10 +89,12 @@ def _not_found(name: str, root: Path, download: bool, error: Exception) -> Datas
 
 
 def _torchvision(name: str, root: Path, download: bool, build: Callable[[], _T]) -> _T:
-    """Runs a torchvision constructor, turning its missing-file / download errors into :class:`DatasetNotFoundError`."""
+    """Runs a torchvision constructor (or a pass over its images), turning its errors into
+    :class:`DatasetNotFoundError`: missing files, failed downloads, and corrupt files, for which torchvision and the
+    readers under it raise errors of every kind (assertions, pickle, MATLAB and image errors included)."""
     try:
         return build()
-    except (RuntimeError, OSError) as error:
+    except Exception as error:
         raise _not_found(name, root, download, error) from error
 
 
@@ -140,7 +145,6 @@ def _stack_images(batch: list[tuple[Tensor, None]]) -> Tensor:
 
 
 def _celeba(root: Path, download: bool) -> dict[str, RawSplit]:
-    from torch.utils.data import DataLoader
     from torchvision import transforms
     from torchvision.datasets import CelebA
 
@@ -150,14 +154,21 @@ def _celeba(root: Path, download: bool) -> dict[str, RawSplit]:
     for split in ("train", "valid", "test"):
         data = _torchvision("celeba", root, download, partial(CelebA, root, split=split, target_type=[],
                                                               transform=transform, download=download))
-        workers = min(8, os.cpu_count() or 1) if len(data) >= _PARALLEL_DECODE_MIN else 0
-        images = torch.empty((len(data), *SPECS["celeba"].event_shape), dtype=torch.uint8)
-        start = 0
-        for batch in DataLoader(data, batch_size=256, num_workers=workers, collate_fn=_stack_images):
-            images[start : start + len(batch)] = batch
-            start += len(batch)
-        splits[split] = (images, None)
+        splits[split] = (_torchvision("celeba", root, download, partial(_decode_celeba, data)), None)
     return splits
+
+
+def _decode_celeba(data: CelebA) -> Tensor:
+    """The images of a CelebA split, ``uint8`` ``[N, 3, 64, 64]`` (decoded in worker processes if there are many)."""
+    from torch.utils.data import DataLoader
+
+    workers = min(8, os.cpu_count() or 1) if len(data) >= _PARALLEL_DECODE_MIN else 0
+    images = torch.empty((len(data), *SPECS["celeba"].event_shape), dtype=torch.uint8)
+    start = 0
+    for batch in DataLoader(data, batch_size=256, num_workers=workers, collate_fn=_stack_images):
+        images[start : start + len(batch)] = batch
+        start += len(batch)
+    return images
 
 
 def decode(name: str, root: str | os.PathLike, download: bool) -> dict[str, RawSplit]:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .. import checks
+from .. import checks, folders
 from ..leaves import Normal, leaf_from_config
 from . import images
 from .cache import cache_path, read_cache, write_cache
@@ -31,8 +32,18 @@ from .synthetic import SYNTHETIC_DATASETS, sample_synthetic
 DATASETS: tuple[str, ...] = SYNTHETIC_DATASETS + IMAGE_DATASETS
 LEAVES: tuple[str, ...] = ("binomial", "normal", "bernoulli")
 DEFAULT_NUM_SAMPLES = 3000
+#: The folder of the torchvision-format files where no ``root`` is given (relative to the working folder).
+DEFAULT_ROOT = "data"
+#: The mode of cache files in the private cache folder.
+PRIVATE_FILE_MODE = 0o600
 MIN_NUM_SAMPLES = 10
 VAL_FRACTION = TEST_FRACTION = 0.1
+
+
+def event_shape_of(name: str) -> tuple[int, ...]:
+    """The shape of one example of data set ``name`` (known without loading it)."""
+    checks.choice("name", name, DATASETS)
+    return (2,) if name in SYNTHETIC_DATASETS else SPECS[name].event_shape
 
 
 def _split_indices(n: int, seed: int, fractions: tuple[float, ...]) -> list[Tensor]:
@@ -98,13 +109,37 @@ def _image_preprocessing(leaf: str, max_value: int, raw_train: Tensor) -> Prepro
     return Standardize.fit(raw_train, max_value)
 
 
-def _load_images(name: str, leaf: str, root: Path, download: bool, seed: int, num_samples: int | None,
-                 cache_dir: Path) -> Dataset:
+def _private_cache_dir() -> Path | None:
+    """``data/`` in the package's cache folder, private (:mod:`pyro_spn.folders`); ``None`` (with a warning where
+    the folder is unsafe) if there is none."""
+    base = folders.cache_dir()
+    if base is None:
+        return None
+    try:
+        return folders.private_folder(base / "data")
+    except OSError as error:
+        warnings.warn(f"pyro_spn: not caching decoded images ({error})", RuntimeWarning, stacklevel=4)
+        return None
+
+
+def _decode_through_cache(name: str, root: Path, download: bool, cache_dir: Path | None,
+                          private: bool) -> dict[str, RawSplit]:
+    """The data set's source splits: from its cache file in ``cache_dir`` (in a ``private`` folder only if this user
+    wrote it), else decoded and cached there."""
+    if cache_dir is None:
+        return images.decode(name, root, download)
     path = cache_path(cache_dir, name)
-    sources = read_cache(path, name)
+    trusted = not private or not path.exists() or not folders.file_problem(path)
+    sources = read_cache(path, name) if trusted else None
     if sources is None:
         sources = images.decode(name, root, download)
-        write_cache(path, name, sources)
+        write_cache(path, name, sources, mode=PRIVATE_FILE_MODE if private else None)
+    return sources
+
+
+def _load_images(name: str, leaf: str, root: Path, download: bool, seed: int, num_samples: int | None,
+                 cache_dir: Path | None, private: bool) -> Dataset:
+    sources = _decode_through_cache(name, root, download, cache_dir, private)
     splits = _image_splits(sources, seed)
     if num_samples is not None:
         splits = {key: (x[:num_samples], None if y is None else y[:num_samples]) for key, (x, y) in splits.items()}
@@ -119,7 +154,7 @@ def _load_images(name: str, leaf: str, root: Path, download: bool, seed: int, nu
     )
 
 
-def load_dataset(name: str, *, leaf: str = "auto", root: str | os.PathLike = "data", download: bool = False,
+def load_dataset(name: str, *, leaf: str = "auto", root: str | os.PathLike | None = None, download: bool = False,
                  seed: int = 0, num_samples: int | None = None,
                  cache_dir: str | os.PathLike | None = None) -> Dataset:
     """Loads data set ``name``, split into train / validation / test and preprocessed for ``leaf``.
@@ -129,13 +164,16 @@ def load_dataset(name: str, *, leaf: str = "auto", root: str | os.PathLike = "da
         leaf: ``"binomial"`` (integer counts ``0..total_count``), ``"normal"`` (images: per-feature zero mean and
             unit variance on the train split; 2-D sets: raw coordinates), ``"bernoulli"`` (images binarized at
             half range) or ``"auto"``: binomial for images, normal for 2-D sets. 2-D sets accept only normal.
-        root: the folder holding the torchvision-format files (see :mod:`pyro_spn.data.images`); unused for
-            the synthetic sets and digits (bundled with scikit-learn).
+        root: the folder holding the torchvision-format files (see :mod:`pyro_spn.data.images`), default
+            ``data`` in the working folder; unused for the synthetic sets and digits (bundled with scikit-learn).
         download: let torchvision download missing files into ``root``.
         seed: seeds the synthetic draws and every random split.
         num_samples: synthetic sets: the number of points over all splits (default 3000); image sets: keep at
             most the first ``num_samples`` examples of each split (default: all). At least 10.
-        cache_dir: folder of the HDF5 cache of decoded images (default ``<root>/cache``).
+        cache_dir: folder of the HDF5 cache of decoded images; default ``<root>/cache`` where ``root`` is given,
+            else ``data/`` in the package's private cache folder (:func:`pyro_spn.folders.cache_dir`, e.g.
+            ``~/.cache/pyro_spn/data``; no cache where that folder is not private), so a run started anywhere
+            leaves no files there.
 
     Returns:
         A :class:`Dataset`: splits ``[N, *event_shape]`` float32, labels ``[N]`` long (or ``None``).
@@ -148,6 +186,8 @@ def load_dataset(name: str, *, leaf: str = "auto", root: str | os.PathLike = "da
     leaf = _check_arguments(name, leaf, seed, num_samples)
     if name in SYNTHETIC_DATASETS:
         return _load_synthetic(name, seed, DEFAULT_NUM_SAMPLES if num_samples is None else num_samples)
-    root = Path(root)
-    cache = root / "cache" if cache_dir is None else Path(cache_dir)
-    return _load_images(name, leaf, root, download, seed, num_samples, cache)
+    files = Path(DEFAULT_ROOT if root is None else root)
+    if cache_dir is None and root is None:
+        return _load_images(name, leaf, files, download, seed, num_samples, _private_cache_dir(), private=True)
+    cache = files / "cache" if cache_dir is None else Path(cache_dir)
+    return _load_images(name, leaf, files, download, seed, num_samples, cache, private=False)

@@ -10,13 +10,12 @@ from typing import Any
 
 import click
 
-from ..command import CONTEXT, HANDLED, OneLineErrors, failure, interrupted
+from ..command import CONTEXT, HANDLED, NON_NEGATIVE, POSITIVE_INT, OneLineErrors, failure, interrupted
 from .config import FEATURES, ExperimentConfig
 from .methods import METHODS
 from .protocol import Experiment
 
 _DEFAULTS = ExperimentConfig(output="")
-_POSITIVE_INT = click.IntRange(min=1)
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -41,35 +40,36 @@ def _numbers(name: str, text: str, kind: type) -> tuple:
               help="Comma-separated learning rates of the grid.")
 @click.option("--batch-sizes", default=",".join(map(str, _DEFAULTS.batch_sizes)), show_default=True,
               help="Comma-separated batch sizes of the grid.")
-@click.option("--seeds", type=_POSITIVE_INT, default=_DEFAULTS.seeds, show_default=True,
+@click.option("--seeds", type=POSITIVE_INT, default=_DEFAULTS.seeds, show_default=True,
               help="Seeds of the test phase (the grid uses seed 0).")
-@click.option("--epochs", type=_POSITIVE_INT, default=_DEFAULTS.epochs, show_default=True, help="Epochs per run.")
-@click.option("--nll-weight", type=click.FloatRange(min=0), default=_DEFAULTS.nll_weight, show_default=True,
+@click.option("--epochs", type=POSITIVE_INT, default=_DEFAULTS.epochs, show_default=True, help="Epochs per run.")
+@click.option("--nll-weight", type=NON_NEGATIVE, default=_DEFAULTS.nll_weight, show_default=True,
               help="λ of the '+nll' hybrid methods.")
-@click.option("--num-samples", type=_POSITIVE_INT, default=_DEFAULTS.num_samples, show_default=True,
+@click.option("--num-samples", type=POSITIVE_INT, default=_DEFAULTS.num_samples, show_default=True,
               help="Samples drawn per evaluation.")
 @click.option("--features", type=click.Choice(FEATURES), default=_DEFAULTS.features, show_default=True,
               help="FID / KID features: a classifier trained on the data set (offline) or Inception-v3.")
-@click.option("--classifier-epochs", type=_POSITIVE_INT, default=_DEFAULTS.classifier_epochs, show_default=True,
+@click.option("--classifier-epochs", type=POSITIVE_INT, default=_DEFAULTS.classifier_epochs, show_default=True,
               help="Training epochs of the evaluation's classifiers (FID features, classifier on samples).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False), default=None,
               help="Local Inception-v3 weights file (torch-fidelity's) for --features inception.")
-@click.option("--data-root", default="data", show_default=True, type=click.Path(file_okay=False),
-              help="Folder with the torchvision-format data files.")
-@click.option("--depth", type=_POSITIVE_INT, default=None, show_default="auto", help="Circuit depth D.")
-@click.option("--repetitions", "num_repetitions", type=_POSITIVE_INT, default=None, show_default="10",
+@click.option("--data-root", default=None, type=click.Path(file_okay=False),
+              show_default="data, with the HDF5 cache in ~/.cache/pyro_spn/data",
+              help="Folder with the torchvision-format data files (and the HDF5 cache of decoded images).")
+@click.option("--depth", type=POSITIVE_INT, default=None, show_default="auto", help="Circuit depth D.")
+@click.option("--repetitions", "num_repetitions", type=POSITIVE_INT, default=None, show_default="10",
               help="Repetitions R.")
-@click.option("--sums", "num_sums", type=_POSITIVE_INT, default=None, show_default="20", help="Sum units K per region.")
-@click.option("--leaves", "num_leaves", type=_POSITIVE_INT, default=None, show_default="20",
+@click.option("--sums", "num_sums", type=POSITIVE_INT, default=None, show_default="20", help="Sum units K per region.")
+@click.option("--leaves", "num_leaves", type=POSITIVE_INT, default=None, show_default="20",
               help="Leaf components per leaf region.")
-@click.option("--max-batches-per-epoch", type=_POSITIVE_INT, default=None, show_default="all",
+@click.option("--max-batches-per-epoch", type=POSITIVE_INT, default=None, show_default="all",
               help="Cut every epoch to this many batches (smoke tests).")
-@click.option("--jobs", type=_POSITIVE_INT, default=_DEFAULTS.jobs, show_default=True,
+@click.option("--jobs", type=POSITIVE_INT, default=_DEFAULTS.jobs, show_default=True,
               help="Runs trained at once, each in its own process (the threads are shared out).")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
               help="Device of every run.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar over runs.")
-def experiment(output: str, datasets: str, methods: str, lrs: str, batch_sizes: str, data_root: str, device: str,
+def experiment(output: str, datasets: str, methods: str, lrs: str, batch_sizes: str, data_root: str | None, device: str,
                **options: Any) -> None:
     """Run the paper's protocol: a grid search over learning rates x batch sizes on the validation split, then the
     selected setting of every data set and method over several seeds on the test split.
@@ -85,7 +85,8 @@ def experiment(output: str, datasets: str, methods: str, lrs: str, batch_sizes: 
     """
     circuit = {name: options.pop(name) for name in ("depth", "num_repetitions", "num_sums", "num_leaves",
                                                      "max_batches_per_epoch")}
-    train = {"data_root": data_root, "device": device, **{k: v for k, v in circuit.items() if v is not None}}
+    given = {"data_root": data_root, **circuit}
+    train = {"device": device, **{k: v for k, v in given.items() if v is not None}}
     try:
         config = ExperimentConfig(output=output, datasets=_split(datasets), methods=_split(methods),
                                   lrs=_numbers("--lrs", lrs, float),

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import checks
-from ..data import DATASETS, IMAGE_DATASETS
+from ..data import DATASETS, IMAGE_DATASETS, event_shape_of
 from ..train import TrainConfig
 from .methods import METHODS, Method, get_method
 
@@ -18,9 +19,11 @@ from .methods import METHODS, Method, get_method
 FEATURES: tuple[str, ...] = ("classifier", "inception")
 # TrainConfig fields the protocol sets itself; the rest may be given in ExperimentConfig.train.
 PROTOCOL_FIELDS = ("objective", "model", "dataset", "lr", "batch_size", "seed", "epochs", "output", "resume",
-                   "pretrain_epochs", "nll_weight")
-# Fields a rerun in the same folder may change.
-RERUN_CHANGES = ("jobs", "progress")
+                   "overwrite", "pretrain_epochs", "nll_weight")
+#: The most training runs an experiment may plan (grid and test runs).
+MAX_RUNS = 10_000
+# Fields a rerun in the same folder may change (output: the same folder spelled another way, "e" or "./e").
+RERUN_CHANGES = ("jobs", "progress", "output")
 
 
 @dataclass
@@ -78,6 +81,8 @@ class ExperimentConfig:
         _non_empty("batch_sizes", self.batch_sizes)
         for name in ("seeds", "epochs", "num_samples", "classifier_epochs", "jobs"):
             checks.integer(name, getattr(self, name))
+        for dataset in self.datasets:
+            checks.sample_count("num_samples", self.num_samples, math.prod(event_shape_of(dataset)))
         for size in self.batch_sizes:
             checks.integer("batch_sizes", size)
         checks.non_negative("nll_weight", self.nll_weight)
@@ -96,6 +101,10 @@ class ExperimentConfig:
                 raise ValueError(f"train: {name!r} cannot be set per experiment; accepted: {', '.join(accepted)}")
         if not self.plan_grid():
             raise ValueError("methods: no method runs on these data sets (pae runs on image data sets only)")
+        runs = len(self.plan_grid()) + len(self.pairs()) * self.seeds
+        if runs > MAX_RUNS:
+            raise ValueError(f"seeds, lrs, batch_sizes, datasets, methods: the experiment would train {runs} runs, "
+                             f"more than the {MAX_RUNS} allowed")
         for spec in self.plan_grid():
             spec.train_config(self).validate()
         return self
@@ -105,9 +114,24 @@ class ExperimentConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ExperimentConfig:
-        values = json.loads(text)
+        """The experiment :meth:`to_json` saved; ``ValueError`` for malformed JSON, a value that is not an object,
+        unknown fields or a missing ``output`` (other missing fields take their defaults; the values are not
+        validated: see :meth:`validate`)."""
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"expected a JSON object, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}; accepted: {sorted(known)}")
+        if "output" not in values:
+            raise ValueError("the field 'output' is missing")
         for name in ("datasets", "methods", "lrs", "batch_sizes"):
-            values[name] = tuple(values[name])
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
         return cls(**values)
 
     @property

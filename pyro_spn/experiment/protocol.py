@@ -12,21 +12,24 @@ Folder ``OUTPUT``::
     summary.md                          selected settings and mean ± std tables (written by report.py)
     samples.png, densities.png          the figures (written by figures.py)
 
-Runs already evaluated are skipped and interrupted runs resume from their last checkpoint, so rerunning the
-same command after an interruption continues the protocol.
+Runs already evaluated are skipped and interrupted runs resume from their last checkpoint (a run killed before its
+first checkpoint starts again: its files are replaced), so rerunning the same command after an interruption
+continues the protocol; the temporary files a killed process left are removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -38,6 +41,9 @@ from .config import ExperimentConfig, RunSpec, check_same
 from .evaluation import evaluate_run, feature_extractor
 from .figures import write_figures
 from .report import select, write_results
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,12 @@ def execute(task: Task) -> list[dict[str, Any]]:
     assert task.config.output is not None
     folder = Path(task.config.output)
     error = None
+    for split in task.splits:
+        atomic.remove_stale_temporaries(folder / f"eval-{split}.json")
     try:
         if not (folder / "samples.h5").is_file():
             resume = (folder / "checkpoint.pt").is_file()
-            Trainer(dataclasses.replace(task.config, resume=resume), progress=False).fit()
+            Trainer(dataclasses.replace(task.config, resume=resume, overwrite=not resume), progress=False).fit()
     except NonFiniteLossError as failure:
         error = str(failure)
     features = None
@@ -97,8 +105,10 @@ class Experiment:
         self.root = config.root
         saved = self.root / "experiment.json"
         if saved.is_file():
-            check_same(ExperimentConfig.from_json(saved.read_text()), config)
+            check_same(_read(saved, ExperimentConfig.from_json), config)
         self.root.mkdir(parents=True, exist_ok=True)
+        for name in (saved.name, "results.csv", "summary.md", "samples.png", "densities.png", "features/*.pt"):
+            atomic.remove_stale_temporaries(self.root / name)
         atomic.write_json(saved, json.loads(config.to_json()))
 
     # -- phases ---------------------------------------------------------------------------------------
@@ -121,7 +131,7 @@ class Experiment:
         for dataset in self.config.datasets:
             if dataset in IMAGE_DATASETS and self.config.features == "classifier":
                 feature_extractor("classifier", dataset, self._features_cache(dataset),
-                                  data_root=self.config.train.get("data_root", "data"),
+                                  data_root=self.config.train.get("data_root"),
                                   epochs=self.config.classifier_epochs)
 
     def execute(self, tasks: Sequence[Task], description: str) -> list[dict[str, Any]]:
@@ -163,7 +173,23 @@ class Experiment:
         path = task.config.run_dir / f"eval-{split}.json"
         if not path.is_file():
             return None
-        return {**task.spec.row(), "split": split, **json.loads(path.read_text())}
+        return {**task.spec.row(), "split": split, **_read(path, _evaluation)}
+
+
+def _read(path: Path, parse: Callable[[str], _T]) -> _T:
+    """``parse`` of the text of ``path``; its ``ValueError`` (or a file that is not text) names the file."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # UnicodeDecodeError and json.JSONDecodeError included
+        raise ValueError(f"{path} is damaged: {error}; delete or restore it") from None
+
+
+def _evaluation(text: str) -> dict[str, Any]:
+    """The metrics of an ``eval-<split>.json`` file."""
+    result = json.loads(text)
+    if not isinstance(result, dict):
+        raise ValueError(f"expected a JSON object, got {type(result).__name__}")
+    return result
 
 
 def _map(function: Callable[[Task], list[dict[str, Any]]], tasks: Sequence[Task], jobs: int
@@ -174,17 +200,28 @@ def _map(function: Callable[[Task], list[dict[str, Any]]], tasks: Sequence[Task]
         for task in tasks:
             yield function(task)
         return
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures: set[Future] = {pool.submit(function, task) for task in tasks}
+    # A worker ignores interruptions while it starts (torch's initialization cannot be interrupted safely), then
+    # takes them as usual while it runs a task.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=signal.signal,
+                             initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+        futures: set[Future] = {pool.submit(_interruptible, function, task) for task in tasks}
         try:
             while futures:
                 finished, futures = wait(futures, return_when=FIRST_COMPLETED)
                 for future in finished:
                     yield future.result()
+        except BrokenProcessPool as error:
+            raise ChildProcessError(f"a worker process died ({error}); rerun the same command to continue") from None
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+
+
+def _interruptible(function: Callable[[Task], _R], task: Task) -> _R:
+    """``function(task)`` in a worker process, with interruptions (SIGINT) raising ``KeyboardInterrupt`` again."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return function(task)
 
 
 def _is_terminal() -> bool:

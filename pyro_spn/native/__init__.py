@@ -1,6 +1,8 @@
-"""An optional native kernel for the einsum layers on the CPU, built on first use with the host's C compiler.
+"""Optional native kernels on the CPU, built on first use with the host's C compiler into one shared library.
 
-:func:`bilinear` computes, for every group ``g``,
+Every ``*.c`` file in this folder is compiled into that one library; :func:`library` returns it (built, trusted and
+checked), so that a kernel's module declares the argument types of its own C functions. :func:`bilinear` computes,
+for every group ``g``,
 
 ``out[g, a, n] = Σ_b P[g, b, n] · Σ_c M[g, a, b, c] · Q[g, c, n]``
 
@@ -8,18 +10,24 @@ in one pass (``bilinear.c``): the products of pairs ``P[b, n] · Q[c, n]`` that 
 never leave registers. It is the einsum layer's forward (``a`` output unit, ``b``/``c`` left/right child) and
 both children's gradients (the same weights, permuted).
 
-The source is compiled once per machine and source version with ``cc -O3 -march=native -fopenmp`` into
-``$PYRO_SPN_CACHE_DIR`` (default ``~/.cache/pyro_spn``; a folder in the system's temporary one where that
-cannot be written), loaded with :mod:`ctypes`, and checked against PyTorch
-on a small random case before it is used. Without a working C compiler, or with ``PYRO_SPN_NATIVE=0`` set, or
-if the check fails, :func:`available` is False and the layers use their PyTorch path (one warning says why,
-unless the kernel was switched off).
+The sources are compiled once per machine and source version with ``cc -O3 -march=native -fopenmp`` into the
+package's cache folder (:func:`pyro_spn.folders.cache_dir`: ``$PYRO_SPN_CACHE_DIR``, default
+``~/.cache/pyro_spn``; a folder ``pyro_spn-<uid>`` in the system's temporary one where that cannot be used),
+loaded with :mod:`ctypes`, and checked against PyTorch on a small random case before it is used.
+
+Only a library this user built is loaded: the folder must be private (created with mode ``0700``; owned by this
+user, writable by no one else) and the file owned by this user and writable by no one else
+(:mod:`pyro_spn.folders`); a build goes to a fresh private temporary file that is renamed into place
+(:mod:`pyro_spn.atomic`). A folder that fails these checks is not used (a warning says why). Without a working C
+compiler, or with ``PYRO_SPN_NATIVE=0`` set, or if the check fails, :func:`available` is False and the layers use
+their PyTorch path (one warning says why, unless the kernel was switched off).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -34,12 +42,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("bilinear.c")
+from .. import atomic, folders
 
-#: Set to ``0`` to never build or use the native kernel.
+#: The folder of the C sources: every ``*.c`` file in it goes into the one library.
+SOURCE_DIR = Path(__file__).parent
+
+#: Set to ``0`` to never build or use the native kernels.
 ENV_SWITCH = "PYRO_SPN_NATIVE"
-#: Where built kernels are kept (default ``$XDG_CACHE_HOME/pyro_spn`` or ``~/.cache/pyro_spn``).
-ENV_CACHE_DIR = "PYRO_SPN_CACHE_DIR"
+#: Where built libraries are kept (see :func:`pyro_spn.folders.cache_dir`).
+ENV_CACHE_DIR = folders.ENV_CACHE_DIR
 
 #: Flag sets tried in turn: tuned for this CPU with OpenMP threads, then more portable ones.
 _FLAG_SETS = (
@@ -52,6 +63,7 @@ _FLAG_SETS = (
 )
 _COMMON_FLAGS = ("-std=gnu11", "-shared", "-fPIC", "-Wno-unknown-pragmas")
 _BUILD_TIMEOUT_S = 120
+_LIBRARY_MODE = 0o700
 _KERNELS = {torch.float32: "bilinear_f32", torch.float64: "bilinear_f64"}
 
 _lock = threading.Lock()
@@ -60,12 +72,24 @@ _tried = False
 _enabled = True
 
 
-def cache_dir() -> Path:
-    """The folder of built kernels."""
-    if os.environ.get(ENV_CACHE_DIR):
-        return Path(os.environ[ENV_CACHE_DIR])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pyro_spn"
+class _BuildError(RuntimeError):
+    """One flag set did not build (the reason is the message)."""
+
+
+def sources() -> list[Path]:
+    """The C sources compiled into the library: every ``*.c`` file of :data:`SOURCE_DIR`, sorted by name."""
+    return sorted(SOURCE_DIR.glob("*.c"))
+
+
+def cache_dir() -> Path | None:
+    """The folder of built libraries, :func:`pyro_spn.folders.cache_dir` (``None`` without a home folder)."""
+    return folders.cache_dir()
+
+
+def library() -> ctypes.CDLL | None:
+    """The native library (built from every source on the first call, trusted, and checked), or ``None`` where it
+    is unavailable or inside :func:`disabled`. A kernel's module declares its own functions' ``argtypes`` on it."""
+    return _load() if _enabled else None
 
 
 def available() -> bool:
@@ -100,10 +124,10 @@ def bilinear(p: Tensor, q: Tensor, m: Tensor, out: Tensor | None = None) -> Tens
         RuntimeError: if the kernel is not :func:`available`.
         ValueError: on shapes, dtypes, devices or layouts it does not take.
     """
-    library = _load() if _enabled else None
-    if library is None:
+    loaded = library()
+    if loaded is None:
         raise RuntimeError("the native kernel is not available; check pyro_spn.native.available() first")
-    return _run(library, p, q, m, out)
+    return _run(loaded, p, q, m, out)
 
 
 def _run(library: ctypes.CDLL, p: Tensor, q: Tensor, m: Tensor, out: Tensor | None) -> Tensor:
@@ -160,17 +184,17 @@ def _build_and_check() -> ctypes.CDLL | None:
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        library = _declare(ctypes.CDLL(str(_build())))
+        loaded = _declare(_open_trusted(_build()))
     except (OSError, RuntimeError) as error:
         warnings.warn(f"pyro_spn: the native einsum kernel is unavailable ({error}); the einsum layers use their "
-                      f"slower PyTorch path. Set {ENV_SWITCH}=0 to silence this.", RuntimeWarning, stacklevel=3)
+                      f"slower PyTorch path. Set {ENV_SWITCH}=0 to silence this.", RuntimeWarning, stacklevel=4)
         return None
-    problem = _self_check(library)
+    problem = _self_check(loaded)
     if problem:
         warnings.warn(f"pyro_spn: the native einsum kernel failed its check ({problem}) and is not used.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)
         return None
-    return library
+    return loaded
 
 
 def _compiler() -> str:
@@ -193,42 +217,63 @@ def _machine_key() -> str:
 
 
 def _build() -> Path:
-    """Compile ``bilinear.c`` (or find it already compiled) and return the shared library's path."""
-    compiler = _compiler()
-    source, machine = SOURCE.read_bytes(), _machine_key().encode()
+    """Compile every source into the library (or find it already compiled and trusted) and return its path."""
+    compiler, files = _compiler(), sources()
+    contents = b"\0".join(part for path in files for part in (path.name.encode(), path.read_bytes()))
+    folder, machine = _private_cache_dir(), _machine_key().encode()
     errors = []
     for flags in _FLAG_SETS:
         command = [*compiler.split(), *flags, *_COMMON_FLAGS]
-        key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), machine])).hexdigest()
-        target = _writable_cache_dir() / f"bilinear-{key[:16]}.so"
-        if target.exists():
+        key = hashlib.sha256(b"\0".join([contents, " ".join(command).encode(), machine]))
+        target = folder / f"pyro_spn-{key.hexdigest()[:16]}.so"
+        if target.exists() and not folders.file_problem(target):
             return target
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            built = Path(scratch) / target.name
-            try:
-                result = subprocess.run([*command, str(SOURCE), "-o", str(built)], capture_output=True, text=True,
-                                        timeout=_BUILD_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                errors.append(f"{' '.join(flags)}: no result after {_BUILD_TIMEOUT_S} s")
-                continue
-            if result.returncode == 0:
-                os.replace(built, target)  # atomic: concurrent builders all end with one whole file
-                return target
-        last_line = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-        errors.append(f"{' '.join(flags)}: {last_line}")
-    raise RuntimeError(f"{compiler} could not build {SOURCE.name}: " + "; ".join(errors))
-
-
-def _writable_cache_dir() -> Path:
-    """:func:`cache_dir`, created; or, where that cannot be written, a folder in the system's temporary one."""
-    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"pyro_spn-{getattr(os, 'getuid', lambda: 'user')()}"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
+        try:  # an untrusted file of that name (another user's, or writable by others) is replaced
+            atomic.write_atomically(target, functools.partial(_compile, command, files), mode=_LIBRARY_MODE)
+        except _BuildError as error:
+            errors.append(f"{' '.join(flags)}: {error}")
             continue
-        if os.access(folder, os.W_OK):
-            return folder
-    raise RuntimeError(f"cannot write to {cache_dir()} (set {ENV_CACHE_DIR} to a writable folder)")
+        return target
+    raise RuntimeError(f"{compiler} could not build {', '.join(path.name for path in files)}: " + "; ".join(errors))
+
+
+def _compile(command: list[str], files: list[Path], output: Path) -> None:
+    """Runs the compiler ``command`` on ``files`` into ``output``; :class:`_BuildError` (its last line) on failure."""
+    try:
+        result = subprocess.run([*command, *map(str, files), "-o", str(output)], capture_output=True, text=True,
+                                timeout=_BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise _BuildError(f"no result after {_BUILD_TIMEOUT_S} s") from None
+    if result.returncode != 0:
+        raise _BuildError((result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1])
+
+
+def _private_cache_dir() -> Path:
+    """The cache folder, created private; or, where it cannot be used, ``pyro_spn-<uid>`` in the system's temporary
+    folder. A folder that is not private (see :mod:`pyro_spn.folders`) is skipped with a warning."""
+    user = getattr(os, "getuid", lambda: "user")()
+    configured = folders.cache_dir()
+    candidates = [folder for folder in (configured, Path(tempfile.gettempdir()) / f"pyro_spn-{user}") if folder]
+    problems = []
+    for folder in candidates:
+        try:
+            return folders.private_folder(folder)
+        except folders.UnsafeFolderError as error:
+            warnings.warn(f"pyro_spn: not building the native kernel in {error} (only a private folder of this "
+                          f"user is trusted)", RuntimeWarning, stacklevel=5)
+            problems.append(str(error))
+        except OSError as error:
+            problems.append(f"{folder}: {error.strerror or error}")
+    raise RuntimeError(f"no private folder to build in ({'; '.join(problems)}); set {ENV_CACHE_DIR} to a folder "
+                       f"of yours that only you can write to")
+
+
+def _open_trusted(path: Path) -> ctypes.CDLL:
+    """Loads the library ``path`` if this user wrote it (:func:`pyro_spn.folders.file_problem`)."""
+    problem = folders.file_problem(path)
+    if problem:
+        raise RuntimeError(f"not loading {path}: {problem}")
+    return ctypes.CDLL(str(path))
 
 
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:

@@ -72,6 +72,16 @@ def checkpoint_content(path: Path) -> Iterator[None]:
         raise CheckpointError(f"{path} does not fit ({type(error).__name__}: {reason})") from None
 
 
+def load_weights(path: Path, what: str) -> Any:
+    """Reads a file of tensors on the CPU with ``weights_only=True`` (no code runs); a :class:`CheckpointError`
+    naming the file as a ``what`` (e.g. ``"checkpoint"``) if it is unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise CheckpointError(f"{path} is not a readable {what} ({type(error).__name__}: {reason})") from None
+
+
 def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Reads a checkpoint on the CPU with ``weights_only=True``.
 
@@ -82,11 +92,7 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
-        reason = " ".join(str(error).split())[:200]
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {reason})") from None
+    state = load_weights(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a pyro_spn checkpoint of format version {FORMAT_VERSION}")
     missing = [key for key in keys if key not in state]

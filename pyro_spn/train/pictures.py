@@ -1,4 +1,7 @@
-"""PNG pictures of a model, drawn with torchvision only: image grids, 2-D density heatmaps, inpainting tables."""
+"""PNG pictures of a model, drawn with torchvision only: image grids, 2-D density heatmaps, inpainting tables.
+
+Every picture names what wrote it in its ``Software`` text chunk (:func:`picture_software`), so that a command
+replaces only pictures it wrote itself."""
 
 from __future__ import annotations
 
@@ -7,10 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image, PngImagePlugin
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from .. import atomic
+from .records import SOFTWARE
 
 # Anchor colors of the heatmap, low to high density (viridis' ends and three stops between them).
 _ANCHORS = torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
@@ -19,6 +24,7 @@ DATA_COLOR = (1.0, 1.0, 1.0)
 SAMPLE_COLOR = (1.0, 0.25, 0.25)
 MISSING_COLOR = (0.6, 0.0, 0.0)
 _MARGIN = 0.1  # of the data range, on every side of the density picture
+SOFTWARE_CHUNK = "Software"  # the PNG text chunk naming what wrote a picture
 
 
 def colormap(values: Tensor) -> Tensor:
@@ -38,15 +44,30 @@ def _enlarge(images: Tensor) -> Tensor:
     return images.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else images
 
 
-def _save_png(picture: Tensor, path: Path) -> None:
-    """Writes the RGB or grey picture ``[C, H, W]`` (values in ``[0, 1]``) to ``path`` as a PNG, atomically."""
-    atomic.write_atomically(path, lambda temp: save_image(picture, temp, format="PNG"))
+def _save_png(picture: Tensor, path: Path, software: str) -> None:
+    """Writes the RGB picture ``[3, H, W]`` (values in ``[0, 1]``) to ``path`` as a PNG naming ``software``,
+    atomically."""
+    pixels = picture.detach().cpu().mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    info = PngImagePlugin.PngInfo()
+    info.add_text(SOFTWARE_CHUNK, software)
+    atomic.write_atomically(path, lambda temp: Image.fromarray(pixels).save(temp, format="PNG", pnginfo=info))
 
 
-def save_image_grid(images: Tensor, path: Path) -> None:
+def picture_software(path: Path) -> str | None:
+    """What wrote the PNG picture ``path`` (its ``Software`` text chunk), or ``None`` (none, or not a PNG)."""
+    try:
+        with Image.open(path) as picture:
+            software = picture.info.get(SOFTWARE_CHUNK) if picture.format == "PNG" else None
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return software if isinstance(software, str) else None
+
+
+def save_image_grid(images: Tensor, path: Path, software: str = SOFTWARE) -> None:
     """Images ``[N, C, H, W]`` in ``[0, 1]`` as one roughly square grid (small images enlarged)."""
     images = _enlarge(images.detach().cpu().float())
-    _save_png(make_grid(images, nrow=math.ceil(math.sqrt(images.shape[0])), padding=2, pad_value=0.5), path)
+    _save_png(make_grid(images, nrow=math.ceil(math.sqrt(images.shape[0])), padding=2, pad_value=0.5), path,
+              software)
 
 
 def _plot_points(picture: Tensor, points: Tensor, low: Tensor, high: Tensor, color: tuple[float, float, float]
@@ -64,7 +85,8 @@ def _plot_points(picture: Tensor, points: Tensor, low: Tensor, high: Tensor, col
 
 
 def save_density_picture(log_density: Callable[[Tensor], Tensor], path: Path, extent: Tensor,
-                         samples: Tensor | None = None, data: Tensor | None = None, size: int = 256) -> None:
+                         samples: Tensor | None = None, data: Tensor | None = None, size: int = 256,
+                         software: str = SOFTWARE) -> None:
     """A heatmap of ``exp(log_density)`` on a ``size × size`` grid, with data (white) and samples (red) as dots.
 
     Args:
@@ -73,6 +95,7 @@ def save_density_picture(log_density: Callable[[Tensor], Tensor], path: Path, ex
         extent: points ``[M, 2]`` whose bounding box (plus a 10 % margin) the picture spans.
         samples, data: points ``[M, 2]`` to draw, or ``None``.
         size: the picture's width and height in pixels.
+        software: what wrote the picture (its ``Software`` text chunk).
     """
     extent = extent.detach().cpu().float()
     low, high = extent.min(0).values, extent.max(0).values
@@ -89,7 +112,7 @@ def save_density_picture(log_density: Callable[[Tensor], Tensor], path: Path, ex
         _plot_points(picture, data.detach().cpu().float(), low, high, DATA_COLOR)
     if samples is not None:
         _plot_points(picture, samples.detach().cpu().float(), low, high, SAMPLE_COLOR)
-    _save_png(picture, path)
+    _save_png(picture, path, software)
 
 
 def histogram_log_density(samples: Tensor, extent: Tensor, bins: int = 64) -> Callable[[Tensor], Tensor]:
@@ -126,7 +149,7 @@ def _rgb(images: Tensor) -> Tensor:
 
 
 def save_inpainting_picture(original: Tensor, missing: Tensor, sample: Tensor, mpe: Tensor, path: Path,
-                            columns: int = 8) -> None:
+                            columns: int = 8, software: str = SOFTWARE) -> None:
     """Blocks of four rows per ``columns`` images: original, with the missing part marked, a conditional
     sample, the max-product completion. Images ``[N, C, H, W]`` in ``[0, 1]``; ``missing`` a boolean mask like them."""
     color = torch.tensor(MISSING_COLOR)[None, :, None, None]
@@ -138,4 +161,5 @@ def save_inpainting_picture(original: Tensor, missing: Tensor, sample: Tensor, m
         for row in rows:
             block = row[start:start + columns]
             tiles.append(torch.cat([block, block.new_ones((columns - block.shape[0],) + block.shape[1:])]))
-    _save_png(make_grid(_enlarge(torch.cat(tiles).float()), nrow=columns, padding=2, pad_value=0.5), path)
+    _save_png(make_grid(_enlarge(torch.cat(tiles).float()), nrow=columns, padding=2, pad_value=0.5), path,
+              software)

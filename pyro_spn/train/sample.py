@@ -1,7 +1,11 @@
-"""Using a finished (or running) run: load its checkpoint, draw samples, complete half-masked test images."""
+"""Using a finished (or running) run: load its checkpoint, draw samples, complete half-masked test images.
+
+What ``pyrospn-sample`` writes names it (:data:`SOFTWARE`); it replaces an existing file only if it wrote that file
+itself, and never a file of a training run (:func:`check_output`)."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,16 +13,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .. import checks
 from ..data import Preprocessing, load_dataset
 from ..distribution import SPNDistribution
 from ..joint import MarginalSPNDistribution
 from .checkpoint import checkpoint_content, checkpoint_path, load_checkpoint
 from .config import TrainConfig
 from .model import DataInfo, Model, resolve_device
-from .pictures import save_inpainting_picture
-from .records import write_hdf5
+from .pictures import picture_software, save_inpainting_picture
+from .records import hdf5_software, write_hdf5
+from .run_folder import is_run_file
 
 SIDES: tuple[str, ...] = ("top", "bottom", "left", "right")
+#: What the files ``pyrospn-sample`` writes say wrote them.
+SOFTWARE = "pyrospn-sample"
+#: The most samples a picture of images shows (the first ones; an HDF5 file holds them all).
+MAX_PICTURE_IMAGES = 1024
 _KEYS = ("config", "epoch", "spn", "temperature", "preprocessing", "data")
 
 
@@ -48,7 +58,7 @@ class SavedRun:
             model.network.load_state_dict(state["spn"])
             model.temperature.load_state_dict(state["temperature"])
             preprocessing = Preprocessing.from_state_dict(state["preprocessing"])
-            epoch = int(state["epoch"])
+            epoch = checks.integer("epoch", state["epoch"], minimum=1, maximum=config.epochs)
         return cls(config, model.to(resolve_device(device)), preprocessing, epoch)
 
     @property
@@ -56,10 +66,13 @@ class SavedRun:
         return self.model.info
 
     def write_picture(self, path: Path, num_samples: int) -> Tensor:
-        """Writes a picture of ``num_samples`` samples (2-D data: of the density with them); returns them in
-        data units ``[num_samples, *event_shape]``."""
+        """Draws ``num_samples`` samples (at most :data:`~pyro_spn.checks.MAX_SAMPLE_VALUES` values in all) and writes
+        a picture of them (images: of the first :data:`MAX_PICTURE_IMAGES`; 2-D data: the density with them);
+        returns them in data units ``[num_samples, *event_shape]``."""
+        checks.sample_count("num_samples", num_samples, math.prod(self.info.event_shape))
         samples = self.model.sample(num_samples, self.config.batch_size)
-        self.model.save_picture(path, self.preprocessing, self.config.batch_size, samples=samples)
+        shown = samples[:MAX_PICTURE_IMAGES] if self.info.is_image else samples
+        self.model.save_picture(path, self.preprocessing, self.config.batch_size, samples=shown, software=SOFTWARE)
         return self.preprocessing.inverse(samples)
 
     def test_images(self, num_images: int, data_root: str | os.PathLike | None = None) -> Tensor:
@@ -73,6 +86,7 @@ class SavedRun:
         self._check_inpainting()
         if not self.info.is_image:
             raise ValueError(f"inpainting needs an image data set; {self.info.name!r} is 2-D")
+        checks.sample_count("num_images", num_images, math.prod(self.info.event_shape))
         root = self.config.data_root if data_root is None else data_root
         data = load_dataset(self.info.name, leaf=self.info.leaf.name, root=root, seed=self.config.seed,
                             num_samples=max(num_images, 10))
@@ -122,22 +136,40 @@ def _complete(d: SPNDistribution | MarginalSPNDistribution, evidence: Tensor) ->
     return d.condition(evidence).sample(), d.mpe(evidence)
 
 
+def check_output(path: Path, name: str, kind: str) -> None:
+    """Raises ``ValueError`` naming the option ``name`` if ``pyrospn-sample`` may not write its ``kind`` of file
+    (``"picture"``, a PNG, or ``"hdf5"``) to ``path``: a picture not named ``*.png``, a folder, a file of a
+    training run, or an existing file this command did not write."""
+    if kind == "picture" and path.suffix.lower() != ".png":
+        raise ValueError(f"{name} must name a .png file, got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"{name}: {path} is a folder, not a file")
+    if is_run_file(path):
+        raise ValueError(f"{name}: {path} is a file of the training run in {path.parent}; choose another path")
+    written_by = picture_software if kind == "picture" else hdf5_software
+    if (path.exists() or path.is_symlink()) and written_by(path) != SOFTWARE:
+        raise ValueError(f"{name}: {path} exists and was not written by {SOFTWARE}; choose another path (or remove "
+                         f"the file)")
+
+
 def write_inpainting(saved: SavedRun, side: str, num_images: int, picture: Path, hdf5: Path | None,
                      data_root: str | os.PathLike | None = None) -> None:
     """Completes the first ``num_images`` test images (from ``data_root``, default the run's) with half ``side``
     missing: a picture (rows: original, masked, sample, max-product completion) and optionally an HDF5 file with
     the same arrays."""
     result = saved.inpaint(saved.test_images(num_images, data_root), side)
-    save_inpainting_picture(result["original"], result["missing"], result["sample"], result["mpe"], picture)
+    save_inpainting_picture(result["original"], result["missing"], result["sample"], result["mpe"], picture,
+                            software=SOFTWARE)
     if hdf5 is not None:
-        write_hdf5(hdf5, {**result, "missing": result["missing"].to(torch.uint8)}, _attrs(saved, inpaint=side))
+        write_hdf5(hdf5, {**result, "missing": result["missing"].to(torch.uint8)}, _attrs(saved, inpaint=side),
+                   SOFTWARE)
 
 
 def write_samples(saved: SavedRun, num_samples: int, picture: Path, hdf5: Path | None) -> None:
     """Draws ``num_samples`` samples: a picture and optionally an HDF5 file ("samples", in data units)."""
     samples = saved.write_picture(picture, num_samples)
     if hdf5 is not None:
-        write_hdf5(hdf5, {"samples": samples}, _attrs(saved))
+        write_hdf5(hdf5, {"samples": samples}, _attrs(saved), SOFTWARE)
 
 
 def _attrs(saved: SavedRun, **extra: str) -> dict[str, object]:

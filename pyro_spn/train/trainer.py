@@ -11,6 +11,9 @@ Run folder::
     RUN/checkpoint.pt           the state after the last finished epoch (replaced atomically; "spn" holds the
                                 generative network's state, a baseline's too)
     RUN/samples.h5              final samples: "samples" (data units), "model_samples" (model space)
+
+A new run writes only into an empty (or new) folder, or with ``overwrite`` replaces the run files of the folder
+(:mod:`.run_folder`); every check (config, sizes, checkpoint, metrics log) comes before the first file is touched.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import atomic
+from .. import atomic, checks
 from ..data import Dataset, load_dataset
 from ..objectives import Density, LikelihoodObjective
+from . import run_folder
 from .checkpoint import (
     checkpoint_content,
     checkpoint_path,
@@ -42,12 +46,12 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .model import DataInfo, Model, resolve_device
-from .records import append_metrics, keep_metrics, write_hdf5
+from .records import append_metrics, metrics_until, write_hdf5, write_metrics
 
 _LIKELIHOOD = LikelihoodObjective()  # of pre-training epochs (only circuits pre-train: the config checks it)
 CHECKPOINT_KEYS = ("config", "epoch", "spn", "objective", "temperature", "optimizer", "rng", "preprocessing", "data")
 # Fields a resumed run may change; every other field must equal the checkpoint's.
-RESUMABLE_CHANGES = ("resume", "device", "epochs", "output")
+RESUMABLE_CHANGES = ("resume", "overwrite", "device", "epochs", "output")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,8 +93,9 @@ class Trainer:
         progress: show a progress bar (only when stderr is a terminal).
 
     Raises:
-        ValueError: an invalid config, an existing run in ``output`` without ``resume``, or a checkpoint
-            whose config differs from ``config`` in a field a resumed run may not change.
+        ValueError: an invalid config or a circuit too large, an ``output`` that is not empty without ``resume``
+            or ``overwrite``, a checkpoint whose config differs from ``config`` in a field a resumed run may not
+            change, or a damaged metrics log.
         FileNotFoundError: ``resume`` without a checkpoint, or missing data files (``DatasetNotFoundError``).
         CheckpointError: an unreadable checkpoint (a ``ValueError``).
     """
@@ -104,11 +109,10 @@ class Trainer:
         state = load_checkpoint(path, CHECKPOINT_KEYS) if config.resume else None
         if state is not None:
             with checkpoint_content(path):
-                saved = TrainConfig.from_json(state["config"])
+                saved = TrainConfig.from_json(state["config"]).validate()
             _check_resumable(saved, config)
-        elif path.exists():
-            raise ValueError(f"output {self.run_dir} already holds a run ({path.name}); resume it (--resume) or "
-                             f"choose another output")
+        else:
+            run_folder.check_new_run(self.run_dir, config.overwrite)
         _seed_everything(config.seed)
         self.data: Dataset = load_dataset(config.dataset, leaf=config.leaf, root=config.data_root,
                                           download=config.download, seed=config.seed)
@@ -119,13 +123,15 @@ class Trainer:
         self.epoch = 0  # finished epochs
         if state is not None:
             with checkpoint_content(path):
-                self._restore(state)
+                self._restore(state, saved.epochs)
             if self.epoch > config.epochs:
                 raise ValueError(f"epochs must be >= the {self.epoch} epochs the checkpoint has finished, "
                                  f"got {config.epochs}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = metrics_until(self.run_dir / "metrics.jsonl", self.epoch) if state is not None else []
+        # Every check has passed: only now are files written.
+        run_folder.prepare(self.run_dir, overwrite=config.overwrite)
         atomic.write_text(self.run_dir / "config.json", config.to_json() + "\n")
-        keep_metrics(self.run_dir / "metrics.jsonl", self.epoch)
+        write_metrics(self.run_dir / "metrics.jsonl", metrics)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, device: str | None = None, epochs: int | None = None,
@@ -135,8 +141,8 @@ class Trainer:
         path = checkpoint_path(run_dir)
         state = load_checkpoint(path, ("config",))
         with checkpoint_content(path):
-            config = TrainConfig.from_json(state["config"])
-        changes: dict[str, Any] = {"resume": True, "output": str(path.parent)}
+            config = TrainConfig.from_json(state["config"]).validate()
+        changes: dict[str, Any] = {"resume": True, "overwrite": False, "output": str(path.parent)}
         if device is not None:
             changes["device"] = device
         if epochs is not None:
@@ -241,12 +247,14 @@ class Trainer:
             "data": self.info.state_dict(),
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any], saved_epochs: int) -> None:
+        """Restores the checkpoint ``state`` of a run of ``saved_epochs`` epochs (its epoch checked first)."""
+        epoch = checks.integer("epoch", state["epoch"], minimum=1, maximum=saved_epochs)
         self.model.network.load_state_dict(state["spn"])
         self.model.objective.load_state_dict(state["objective"])
         self.model.temperature.load_state_dict(state["temperature"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
+        self.epoch = epoch
         set_rng_state(state["rng"])
 
 
