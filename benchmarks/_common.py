@@ -36,7 +36,16 @@ SAMPLE = "sample"
 RSAMPLE_ST = "rsample_st"
 RSAMPLE_SOFT_UNIT = "rsample_soft_unit"
 RSAMPLE_SOFT_REGION = "rsample_soft_region"
-OPERATIONS = (LOG_PROB, TRAIN_STEP, SAMPLE, RSAMPLE_ST, RSAMPLE_SOFT_UNIT, RSAMPLE_SOFT_REGION)
+ADV_STEP = "adv_step"
+MMD_STEP = "mmd_step"
+ADV_STEP_SCORE = "adv_step_score"
+MMD_STEP_SCORE = "mmd_step_score"
+OPERATIONS = (LOG_PROB, TRAIN_STEP, SAMPLE, RSAMPLE_ST, RSAMPLE_SOFT_UNIT, RSAMPLE_SOFT_REGION, ADV_STEP, MMD_STEP,
+              ADV_STEP_SCORE, MMD_STEP_SCORE)
+#: The sample-based training steps (no peer library has them).
+OBJECTIVE_STEPS = (ADV_STEP, MMD_STEP, ADV_STEP_SCORE, MMD_STEP_SCORE)
+#: The Gumbel-Softmax temperature of the differentiable samplers (the paper's sample-quality runs use 0.5).
+TAU = 0.5
 
 OPERATION_LABELS = {
     LOG_PROB: "log-likelihood, no grad",
@@ -45,6 +54,10 @@ OPERATION_LABELS = {
     RSAMPLE_ST: "diff. sample (straight-through) + bwd",
     RSAMPLE_SOFT_UNIT: "diff. sample (soft, per unit) + bwd",
     RSAMPLE_SOFT_REGION: "diff. sample (soft, per region) + bwd",
+    ADV_STEP: "ADV training step, soft (disc. + generator)",
+    MMD_STEP: "MMD training step, soft (kernel + generator)",
+    ADV_STEP_SCORE: "ADV training step, score estimator",
+    MMD_STEP_SCORE: "MMD training step, score estimator",
 }
 
 
@@ -129,12 +142,16 @@ def train_step_op(params: list[torch.nn.Parameter], neg_log_likelihood: Callable
     return step
 
 
-def backward_of_mean_op(module: torch.nn.Module, draw: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    """Draw differentiable samples and back-propagate ``samples.float().mean()`` into ``module``."""
+def backward_of_linear_op(module: torch.nn.Module, draw: Callable[[], torch.Tensor], cfg: Config
+                          ) -> Callable[[], None]:
+    """Draw differentiable samples ``[batch, C, H, W]`` and back-propagate a fixed random linear function of them
+    (``Σ samples · w``, ``w`` standard normal, seeded by the config) into ``module``."""
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    weights = torch.randn((cfg.batch, *cfg.image_shape), generator=generator)
 
     def run() -> None:
         module.zero_grad(set_to_none=True)
-        draw().float().mean().backward()
+        (draw().float().reshape(weights.shape) * weights).sum().backward()
 
     return run
 

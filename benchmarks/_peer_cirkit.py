@@ -16,6 +16,7 @@ from importlib.metadata import version
 import torch
 from _common import (
     LOG_PROB,
+    OBJECTIVE_STEPS,
     RSAMPLE_SOFT_REGION,
     RSAMPLE_SOFT_UNIT,
     RSAMPLE_ST,
@@ -79,5 +80,5 @@ def build(cfg: Config) -> Built:
             TRAIN_STEP: train_step_op(list(circuit.parameters()), lambda: -circuit(x).mean()),
         },
         unsupported={SAMPLE: _no_sample_reason(cfg), RSAMPLE_ST: NO_RSAMPLE, RSAMPLE_SOFT_UNIT: NO_RSAMPLE,
-                     RSAMPLE_SOFT_REGION: NO_RSAMPLE},
+                     RSAMPLE_SOFT_REGION: NO_RSAMPLE, **{op: NO_RSAMPLE for op in OBJECTIVE_STEPS}},
     )

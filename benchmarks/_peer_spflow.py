@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from _common import (
     LOG_PROB,
+    OBJECTIVE_STEPS,
     RSAMPLE_SOFT_REGION,
     RSAMPLE_SOFT_UNIT,
     RSAMPLE_ST,
@@ -27,7 +28,7 @@ from _common import (
     TRAIN_STEP,
     Built,
     Config,
-    backward_of_mean_op,
+    backward_of_linear_op,
     random_data,
     train_step_op,
 )
@@ -39,6 +40,7 @@ from spflow.utils.sampling_context import SamplingContext
 from spflow.zoo.einet.einet import Einet
 from spflow.zoo.rat.rat_spn import RatSPN
 
+NO_OBJECTIVES = "no sample-based objectives (only pyro_spn's steps are timed, next to its likelihood step)"
 NO_SOFT = ("SPFlow's differentiable sampling is straight-through only (SIMPLE: one-hot selections forward, "
            "softmax gradients backward); it has no soft interpolation of children")
 
@@ -88,9 +90,10 @@ def _built(model: Module, cfg: Config, description: str) -> Built:
             LOG_PROB: log_prob,
             TRAIN_STEP: train_step_op(list(model.parameters()), lambda: -model.log_likelihood(x).mean()),
             SAMPLE: sample,
-            RSAMPLE_ST: backward_of_mean_op(model, _differentiable_sample(model, cfg)),
+            RSAMPLE_ST: backward_of_linear_op(model, _differentiable_sample(model, cfg), cfg),
         },
-        unsupported={RSAMPLE_SOFT_UNIT: NO_SOFT, RSAMPLE_SOFT_REGION: NO_SOFT},
+        unsupported={RSAMPLE_SOFT_UNIT: NO_SOFT, RSAMPLE_SOFT_REGION: NO_SOFT,
+                     **{op: NO_OBJECTIVES for op in OBJECTIVE_STEPS}},
     )
 
 

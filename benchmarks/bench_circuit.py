@@ -2,19 +2,19 @@
 
 Usage::
 
-    python benchmarks/bench_circuit.py [--peer-python PYTHON] [--repeats 7]
+    python benchmarks/bench_circuit.py [--peer-python PYTHON] [--peers LIST] [--dsp-path DIR] [--repeats 7]
         [--batch 128] [--threads 2] [--cold] [--quick] [--json results.json]
 
-Every library runs in its own worker process (``_worker.py``), ours with this interpreter and the peers
-with ``--peer-python``, all pinned to ``--threads`` threads (``torch.set_num_threads`` and
-``OMP_NUM_THREADS``/``MKL_NUM_THREADS``). After one warm-up call per operation, the driver times the
-operations in interleaved rounds (every round runs every operation of every library once, in a rotating
-library order), so that load on the machine affects all libraries alike, and reports the median of
-``--repeats`` rounds. Every timed call directly follows an untimed call of the same operation in the same
-process, the state of a loop that repeats it (a training loop), not that of a first call after the other
-operations (the soft samplers touch gigabytes; ``--cold`` times that state instead). Peak memory is measured
-separately, one fresh process per (library, operation): the growth of the resident set size above the
-post-construction baseline during one call.
+Every library runs in its own worker process (``_worker.py``), ours with this interpreter and the peers with
+``--peer-python`` (the paper's own code, peer ``dsp``, imported from the checkout ``--dsp-path``), all
+pinned to ``--threads`` threads (``torch.set_num_threads`` and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``).
+After one warm-up call per operation, the driver times the operations in interleaved rounds (every round
+runs every operation of every library once, in a rotating library order), so that load on the machine
+affects all libraries alike, and reports the median of ``--repeats`` rounds. Every timed call directly
+follows an untimed call of the same operation in the same process, the state of a loop that repeats it (a
+training loop), not that of a first call after the other operations (the soft samplers touch gigabytes;
+``--cold`` times that state instead). Peak memory is measured separately, one fresh process per (library,
+operation): the growth of the resident set size above the post-construction baseline during one call.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from _common import OPERATION_LABELS, OPERATIONS, SETTLE_S, Config
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_worker.py"
 OURS = "pyro_spn"
-PEERS = ("spflow-rat", "spflow-einet", "cirkit")
+DSP = "dsp"
+PEERS = ("spflow-rat", "spflow-einet", "cirkit", DSP)
 QUICK = Config(image_shape=(1, 8, 8), depth=2, num_repetitions=2, num_sums=4, num_leaves=4, batch=16)
 # A fixed mmap threshold turns off glibc's adaptive one, so that freed large tensors go back to the
 # system at once and the resident set size follows the live tensors (memory measurements only).
@@ -51,12 +52,14 @@ class Worker:
     """One library's worker process, driven over JSON lines."""
 
     def __init__(self, library: str, python: str, cfg: Config, env: dict[str, str],
-                 memory_op: str | None = None) -> None:
+                 memory_op: str | None = None, source: str | None = None) -> None:
         self.library = library
         self._stderr = tempfile.TemporaryFile(mode="w+")
         command = [python, str(WORKER), library, cfg.to_json()]
         if memory_op is not None:
             command += ["--memory", memory_op]
+        if source is not None:
+            command += ["--source", source]
         self._process = subprocess.Popen(command, cwd=HERE, env=env, text=True, stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self._stderr)
 
@@ -106,9 +109,10 @@ class OpResult:
 
 @dataclass
 class LibResult:
-    """Everything measured for one library."""
+    """Everything measured for one library (``source``: the checkout it is imported from, if not installed)."""
 
     python: str
+    source: str | None = None
     info: dict[str, Any] | None = None
     error: str | None = None
     ops: dict[str, OpResult] = field(default_factory=lambda: {op: OpResult() for op in OPERATIONS})
@@ -127,7 +131,7 @@ def start_workers(results: dict[str, LibResult], cfg: Config, env: dict[str, str
     for library, result in results.items():
         if result.error is not None:
             continue
-        worker = Worker(library, result.python, cfg, env)
+        worker = Worker(library, result.python, cfg, env, source=result.source)
         try:
             result.info = worker.receive()["ready"]
         except WorkerError as error:
@@ -189,7 +193,7 @@ def run_memory(results: dict[str, LibResult], cfg: Config, env: dict[str, str]) 
             op_result = result.ops[op]
             if not op_result.runnable:
                 continue
-            worker = Worker(library, result.python, cfg, memory_env, memory_op=op)
+            worker = Worker(library, result.python, cfg, memory_env, memory_op=op, source=result.source)
             try:
                 op_result.memory = worker.receive()["memory"]
             except WorkerError as error:
@@ -275,9 +279,9 @@ def match_note(results: dict[str, LibResult], cfg: Config) -> str:
         f"with depth-{cfg.depth} random balanced binary splits per repetition ({regions} leaf regions of "
         f"~{cfg.num_features // regions} variables), {cfg.num_leaves} Binomial({cfg.total_count}) components "
         f"per variable and leaf region, {cfg.num_sums} sum units per inner region, each a mixture over the "
-        f"{cfg.num_sums}x{cfg.num_sums} products of its two children (a fused einsum in pyro_spn, spflow-einet "
-        "and cirkit's 'tucker' layer; outer product + sum layer in spflow-rat), one unit per tree at the top "
-        f"and a mixture over the {cfg.num_repetitions} repetitions at the root; parameter counts are "
+        f"{cfg.num_sums}x{cfg.num_sums} products of its two children (a fused einsum in pyro_spn, spflow-einet, "
+        "cirkit's 'tucker' layer and the paper's code; outer product + sum layer in spflow-rat), one unit per "
+        f"tree at the top and a mixture over the {cfg.num_repetitions} repetitions at the root; parameter counts are "
         + ("identical" if same else "NOT identical: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
         + ". Random partitions and initial values differ between libraries (each has its own generator); "
         "the cost does not depend on them."
@@ -291,6 +295,9 @@ def main() -> None:
                         help="python with the peers installed (default: this one, where `pip install -e .[bench]` "
                              "puts them; or a separate virtual environment's)")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ", ".join(PEERS))
+    parser.add_argument("--dsp-path", type=Path, metavar="DIR",
+                        help=f"checkout of github.com/ml-research/differentiable-sampling-pc, the paper's code (peer "
+                             f"{DSP}, run with --peer-python); without it {DSP} is skipped")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, help="batch size (default 128, or 16 with --quick)")
     parser.add_argument("--threads", type=int, default=2)
@@ -310,6 +317,14 @@ def main() -> None:
     results = {OURS: LibResult(python=sys.executable)}
     for peer in peers:
         results[peer] = LibResult(python=str(args.peer_python))
+    if DSP in peers:
+        if args.dsp_path is None:
+            results[DSP].error = "skipped: no --dsp-path (a checkout of ml-research/differentiable-sampling-pc)"
+            print(f"{DSP}: {results[DSP].error}", file=sys.stderr, flush=True)
+        elif not (args.dsp_path / "simple_einet" / "einet.py").is_file():
+            parser.error(f"--dsp-path {args.dsp_path} has no simple_einet/einet.py (give the repository's root)")
+        else:
+            results[DSP].source = str(args.dsp_path.resolve())
     env = thread_env(cfg.threads)
 
     print("starting workers ...", file=sys.stderr, flush=True)

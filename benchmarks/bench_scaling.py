@@ -7,7 +7,8 @@ Usage::
 
 The model is the paper's RAT-SPN (``Config``: Binomial(255) leaves, depth 4, 10 repetitions, 20 sums and
 20 leaves per region), the operations are those of ``bench_circuit.py`` (``_ours.py``): log-likelihood
-without grad, forward + backward + Adam step, exact ``sample`` and straight-through ``rsample`` + backward.
+without grad, forward + backward + Adam step, exact ``sample``, straight-through ``rsample`` + backward and the soft
+``rsample`` (per unit and per region, τ = 0.5) + backward.
 Two sweeps: the batch size at 28x28 variables, and the image side ``s`` (event shape ``(1, s, s)``) at
 batch 128. Every point runs in its own worker process (``_worker.py``), pinned to ``--threads`` threads;
 after one warm-up call per operation, the points of a sweep are timed in interleaved rounds (every round
@@ -27,12 +28,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from _common import LOG_PROB, OPERATION_LABELS, RSAMPLE_ST, SAMPLE, SETTLE_S, TRAIN_STEP, Config
+from _common import (
+    LOG_PROB,
+    OPERATION_LABELS,
+    RSAMPLE_SOFT_REGION,
+    RSAMPLE_SOFT_UNIT,
+    RSAMPLE_ST,
+    SAMPLE,
+    SETTLE_S,
+    TRAIN_STEP,
+    Config,
+)
 from bench_circuit import QUICK, Worker, WorkerError, thread_env
 
 OURS = "pyro_spn"
-SCALING_OPS = (LOG_PROB, TRAIN_STEP, SAMPLE, RSAMPLE_ST)
-SHORT_LABELS = {LOG_PROB: "log-lik", TRAIN_STEP: "train step", SAMPLE: "sample", RSAMPLE_ST: "rsample-st + bwd"}
+SCALING_OPS = (LOG_PROB, TRAIN_STEP, SAMPLE, RSAMPLE_ST, RSAMPLE_SOFT_UNIT, RSAMPLE_SOFT_REGION)
+SHORT_LABELS = {LOG_PROB: "log-lik", TRAIN_STEP: "train step", SAMPLE: "sample", RSAMPLE_ST: "rsample-st + bwd",
+                RSAMPLE_SOFT_UNIT: "soft unit + bwd", RSAMPLE_SOFT_REGION: "soft region + bwd"}
 BATCHES = (32, 64, 128, 256, 512)
 SIDES = (14, 28, 42, 56)
 QUICK_BATCHES = (8, 16, 32)

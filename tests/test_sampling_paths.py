@@ -1,8 +1,9 @@
-"""Every path of the top-down pass's dispatch table against its reference path (``REFERENCE_PATHS``).
+"""Every path of the sampler's dispatch table (``FAST``) against its reference path (``REFERENCE``).
 
 * deterministic rules (``argmax``, ``expected``): the same values;
 * one-hot random rules (``exact``, ``straight_through``): samples of the law of the circuit (given the evidence), by
   a chi² test against exact probabilities, on the path that runs;
+* soft rules: samples of the same law as the reference's (two-sample tests per variable, moments);
 * differentiable rules whose path differs from its reference: the same expected gradient of a nonlinear function of
   the samples (a z-test over repeated batches).
 """
@@ -10,13 +11,14 @@
 import pytest
 import torch
 from conftest import all_states, spread_out, state_index
+from scipy import stats
 
 from pyro_spn import RatSPN
 from pyro_spn.leaves import Bernoulli, Normal
-from pyro_spn.sampling import PATHS, REFERENCE_PATHS, sample, top_down
+from pyro_spn.sampling import FAST, REFERENCE, sample, top_down
 from pyro_spn.sampling.leaf_values import ContractedSelectionGradient
 
-KEYS = sorted(PATHS)
+KEYS = sorted(FAST.children)
 STATES = all_states([(0.0, 1.0)] * 4)
 
 
@@ -31,8 +33,9 @@ def _evidence(n: int, given: bool) -> torch.Tensor | None:
 
 def test_the_table_is_complete():
     rules = ("exact", "soft", "straight_through", "argmax", "expected")
-    assert set(PATHS) == set(REFERENCE_PATHS) == {(r, i, e) for r in rules for i in ("unit", "region")
-                                                  for e in (False, True)}
+    assert set(FAST.children) == set(REFERENCE.children) == {(r, i, e) for r in rules for i in ("unit", "region")
+                                                             for e in (False, True)}
+    assert FAST.closed_form_leaves and not REFERENCE.closed_form_leaves
 
 
 @pytest.mark.parametrize("key", [k for k in KEYS if k[0] in ("argmax", "expected")], ids=str)
@@ -41,7 +44,7 @@ def test_deterministic_paths_equal_their_reference(key):
     spn = spread_out(RatSPN(4, depth=2, num_repetitions=3, num_sums=3, num_leaves=2, leaf=Normal(), seed=4).double())
     evidence = _evidence(5, given)
     args = (spn, 5, rule, 1.0, interpolation, evidence)
-    torch.testing.assert_close(sample(*args, paths=PATHS), sample(*args, paths=REFERENCE_PATHS), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sample(*args, paths=FAST), sample(*args, paths=REFERENCE), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("key", [k for k in KEYS if k[0] in ("exact", "straight_through")], ids=str)
@@ -68,7 +71,7 @@ def _gradients(spn: RatSPN, rule: str, interpolation: str, given: bool, paths, n
 
 
 @pytest.mark.parametrize("key", [k for k in KEYS if k[0] in ("soft", "straight_through")
-                                 and PATHS[k] is not REFERENCE_PATHS[k]], ids=str)
+                                 and (FAST.children[k] is not REFERENCE.children[k] or k[0] == "soft")], ids=str)
 def test_fast_differentiable_paths_have_the_expected_gradient_of_their_reference(key):
     """Sensitive enough to catch a fast straight-through path whose soft selection is not coupled to its hard draw
     (that mutant gives max |z| ≈ 9 here; the real one ≈ 3)."""
@@ -76,11 +79,29 @@ def test_fast_differentiable_paths_have_the_expected_gradient_of_their_reference
     torch.manual_seed(0)
     spn = RatSPN(4, depth=2, num_repetitions=2, num_sums=3, num_leaves=2, leaf=Normal(), seed=3).double()
     n, repeats = 20_000, 8
-    fast = torch.stack([_gradients(spn, rule, interpolation, given, PATHS, n) for _ in range(repeats)])
-    reference = torch.stack([_gradients(spn, rule, interpolation, given, REFERENCE_PATHS, n) for _ in range(repeats)])
+    fast = torch.stack([_gradients(spn, rule, interpolation, given, FAST, n) for _ in range(repeats)])
+    reference = torch.stack([_gradients(spn, rule, interpolation, given, REFERENCE, n) for _ in range(repeats)])
     standard_error = (fast.var(0) / repeats + reference.var(0) / repeats).sqrt() + 1e-12
     z = (fast.mean(0) - reference.mean(0)).abs() / standard_error
     assert z.max() < 5.5, z.max()
+
+
+@pytest.mark.parametrize("leaf", [Normal(), Bernoulli()], ids=["closed-form-leaves", "drawn-leaves"])
+@pytest.mark.parametrize("key", [k for k in KEYS if k[0] == "soft"], ids=str)
+def test_soft_paths_draw_the_law_of_their_reference(key, leaf):
+    _, interpolation, given = key
+    torch.manual_seed(5)
+    spn = spread_out(RatSPN(4, depth=2, num_repetitions=3, num_sums=3, num_leaves=2, leaf=leaf, seed=6).double())
+    n = 20_000
+    with torch.no_grad():
+        fast = sample(spn, n, "soft", 0.6, interpolation, _evidence(n, given), paths=FAST)
+        reference = sample(spn, n, "soft", 0.6, interpolation, _evidence(n, given), paths=REFERENCE)
+    for v in range(1 if given else 0, 4):
+        assert stats.ks_2samp(fast[:, v].numpy(), reference[:, v].numpy()).pvalue > 1e-3 / 4, v
+    products = lambda x: (x[:, :, None] * x[:, None, :]).flatten(1)  # noqa: E731
+    difference = products(fast).mean(0) - products(reference).mean(0)
+    error = ((products(fast).var(0) + products(reference).var(0)) / n).sqrt() + 1e-12
+    assert (difference.abs() / error).max() < 5.0
 
 
 def _all_gradients(spn: RatSPN, weights: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 =========================  ===========================================================================
 :mod:`.rules`              how a sum unit chooses: exact, soft, straight-through, argmax, expected
-:mod:`.top_down`           the top-down pass; the table (rule × interpolation × evidence → path)
+:mod:`.selections`         the top-down pass of selections; the table (rule × interpolation × evidence → path)
+:mod:`.fused`              soft selections of many units at once, by the native kernel (noise never stored)
 :mod:`.leaf_values`        the variables' values given the selections reaching the leaves
 :mod:`.sampler`            :func:`sample` (every kind, with or without evidence) and :func:`mpe`
 =========================  ===========================================================================
@@ -10,7 +11,7 @@
 
 from .rules import ONE_HOT_RULES, RULES, Rule, select
 from .sampler import mpe, sample
-from .top_down import INTERPOLATIONS, PATHS, REFERENCE_PATHS, ChildSelection, Interpolation, top_down
+from .selections import FAST, INTERPOLATIONS, REFERENCE, ChildSelection, Interpolation, Paths, top_down
 
-__all__ = ["INTERPOLATIONS", "ONE_HOT_RULES", "PATHS", "REFERENCE_PATHS", "RULES", "ChildSelection",
-           "Interpolation", "Rule", "mpe", "sample", "select", "top_down"]
+__all__ = ["FAST", "INTERPOLATIONS", "ONE_HOT_RULES", "REFERENCE", "RULES", "ChildSelection", "Interpolation", "Paths",
+           "Rule", "mpe", "sample", "select", "top_down"]

@@ -85,7 +85,69 @@ def _straight_through_values(layer: LeafLayer, leaf_selection: Tensor, index: Te
     return value + (soft - soft.detach())
 
 
-def leaf_values(layer: LeafLayer, leaf_selection: Tensor, rule: Rule, temperature: Tensor | float = 1.0) -> Tensor:
+class SlotsToVariables(torch.autograd.Function):
+    """Per-slot values of every repetition summed into per-variable values: ``x[v] = Σ_r slots[r, slot_r(v)]``.
+
+    Every variable holds exactly one slot per repetition, so both directions are gathers (``index_select``): the
+    forward reads each variable's slots, the backward hands each slot its variable's gradient (zero for padding).
+    Autograd's own backward of the forward gather would be a scatter (``index_add``), many times slower on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, slots: Tensor, leaf_slots: Tensor, num_features: int) -> Tensor:
+        """``slots [R * L * M, *E]`` (the layout of ``leaf_slots [R, L, M]``, padding index ``F = num_features``)
+        → ``[F, *E]``."""
+        repetitions = leaf_slots.shape[0]
+        per_repetition = leaf_slots.reshape(repetitions, -1)  # [R, L*M]
+        position = torch.arange(per_repetition.shape[1], device=slots.device).expand_as(per_repetition)
+        slot_of = per_repetition.new_empty(repetitions, num_features + 1).scatter_(1, per_repetition, position)
+        offsets = torch.arange(repetitions, device=slots.device)[:, None] * per_repetition.shape[1]
+        gathered = slots.index_select(0, (offsets + slot_of[:, :num_features]).flatten())
+        ctx.save_for_backward(leaf_slots)
+        return gathered.view(repetitions, num_features, *slots.shape[1:]).sum(0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        """``grad [F, *E]`` → the slots' gradient ``[R * L * M, *E]``."""
+        (leaf_slots,) = ctx.saved_tensors
+        padded = torch.cat([grad, grad.new_zeros((1,) + grad.shape[1:])])
+        return padded.index_select(0, leaf_slots.flatten()), None, None
+
+
+def gaussian_mixture_values(layer: LeafLayer, leaf_selection: Tensor, moments: tuple[Tensor, Tensor]) -> Tensor:
+    """Soft leaf values of leaves whose relaxed draws are ``μ + σ ε``, without drawing every component.
+
+    ``x_v = Σ_{r,i} a_{v,r,i} (μ_{v,i,r} + σ_{v,i,r} ε_{v,i,r})`` with independent ``ε`` is, given the selections
+    ``a``, the Gaussian ``Σ a μ + sqrt(Σ a² σ²) ξ``: the same law from ``[N, C, F]`` noise instead of
+    ``[N, C, F, I, R]`` (and a different per-sample gradient with the same expectation, both being
+    reparameterizations of that law). The sums run per leaf region as batched matmuls, then
+    :class:`SlotsToVariables` adds each variable's slots up.
+
+    Args:
+        layer: the circuit's leaf layer.
+        leaf_selection: ``[N, R, L, I]``.
+        moments: ``(μ, σ)``, each ``[C, F, I, R]``.
+
+    Returns:
+        ``[N, C, F]``.
+    """
+    mean, std = moments
+    a = leaf_selection.permute(1, 2, 3, 0)  # [R, L, I, N]
+    sums = []
+    for weights, values in ((a, mean), (a * a, std * std)):
+        slots = layer.component_slots(values)  # [R, L, M, C, I]
+        repetitions, regions, num_slots, channels, components = slots.shape
+        per_slot = torch.matmul(slots.reshape(repetitions * regions, num_slots * channels, components),
+                                weights.reshape(repetitions * regions, components, -1))  # [R*L, M*C, N]
+        per_variable = SlotsToVariables.apply(per_slot.view(-1, channels, per_slot.shape[-1]), layer.leaf_slots,
+                                              layer.num_features)
+        sums.append(per_variable.permute(2, 1, 0))  # [N, C, F]
+    location, variance = sums
+    return location + variance.clamp_min(0).sqrt() * torch.randn_like(location)
+
+
+def leaf_values(layer: LeafLayer, leaf_selection: Tensor, rule: Rule, temperature: Tensor | float = 1.0,
+                closed_form: bool = True) -> Tensor:
     """Values of all variables given the selections reaching the leaves.
 
     Exact (``"exact"``), relaxed (``"soft"``), exact forward with the relaxation's gradient
@@ -94,9 +156,11 @@ def leaf_values(layer: LeafLayer, leaf_selection: Tensor, rule: Rule, temperatur
 
     Args:
         layer: the circuit's leaf layer.
-        leaf_selection: ``[N, R, L, I]`` from :func:`~pyro_spn.sampling.top_down.top_down`.
+        leaf_selection: ``[N, R, L, I]`` from :func:`~pyro_spn.sampling.selections.top_down`.
         rule: the rule the selections were made with.
         temperature: ``τ`` of the leaves' relaxations.
+        closed_form: soft values of leaves with Gaussian relaxations by :func:`gaussian_mixture_values` (one draw per
+            variable) rather than a relaxed draw of every component.
 
     Returns:
         ``[N, C, F]``.
@@ -112,6 +176,9 @@ def leaf_values(layer: LeafLayer, leaf_selection: Tensor, rule: Rule, temperatur
             return value
         coupled = leaf.relaxed(selected, temperature, value)  # [N, C, F]
         return _straight_through_values(layer, leaf_selection, index, value, coupled, temperature)
+    moments = leaf.gaussian_relaxation(layer.params()) if rule == "soft" and closed_form else None
+    if moments is not None:
+        return gaussian_mixture_values(layer, leaf_selection, moments)
     a = layer.variable_selection(leaf_selection)[:, None]  # [N, 1, F, I, R]
     if rule == "expected":
         return (a * layer.mean()).sum((-2, -1))

@@ -9,12 +9,11 @@ from .. import checks
 from ..spn import RatSPN, UpwardPass
 from .leaf_values import leaf_values
 from .rules import RULES, Rule
-from .top_down import INTERPOLATIONS, PATHS, ChildSelection, Interpolation, top_down
+from .selections import FAST, INTERPOLATIONS, Interpolation, Paths, top_down
 
 
 def sample(spn: RatSPN, num_samples: int, rule: Rule = "exact", temperature: Tensor | float = 1.0,
-           interpolation: Interpolation = "unit", evidence: Tensor | None = None,
-           paths: dict[tuple[Rule, Interpolation, bool], ChildSelection] = PATHS) -> Tensor:
+           interpolation: Interpolation = "unit", evidence: Tensor | None = None, paths: Paths = FAST) -> Tensor:
     """Draws ``[N, *event_shape]`` samples with one top-down pass.
 
     Args:
@@ -23,14 +22,16 @@ def sample(spn: RatSPN, num_samples: int, rule: Rule = "exact", temperature: Ten
         rule: ``"exact"`` (no gradient), ``"soft"``, ``"straight_through"``, ``"argmax"`` or ``"expected"``
             (see :mod:`pyro_spn.sampling.rules`).
         temperature: ``τ > 0``.
-        interpolation: ``"unit"`` or ``"region"`` (see :mod:`pyro_spn.sampling.top_down`).
+        interpolation: ``"unit"`` or ``"region"`` (see :mod:`pyro_spn.sampling.selections`).
         evidence: ``[N, *event_shape]`` with NaN where a value is to be drawn; observed entries are returned
             unchanged and every choice is drawn from its posterior (its max-product posterior for ``"argmax"``).
-        paths: the dispatch table of the top-down pass (:data:`~pyro_spn.sampling.top_down.REFERENCE_PATHS` for
-            the reference paths).
+        paths: the dispatch table (:data:`~pyro_spn.sampling.selections.REFERENCE` for the reference paths).
     """
     checks.choice("rule", rule, RULES)
     checks.choice("interpolation", interpolation, INTERPOLATIONS)
+    num_samples = checks.integer("num_samples", num_samples, minimum=0)
+    checks.allocatable("num_samples", (num_samples, *spn.event_shape), spn.root.logits.dtype, spn.root.logits.device)
+    temperature = checks.scalar_temperature("temperature", temperature)
     upward = None
     if evidence is not None:
         if evidence.shape[0] != num_samples:
@@ -52,16 +53,15 @@ def mpe(spn: RatSPN, evidence: Tensor) -> tuple[Tensor, Tensor]:
         ``(completion [N, *event_shape], log max-product value [N])``; the completion keeps every observed entry.
     """
     upward = spn.upward(evidence, max_product=True)
-    completion = _complete(spn, evidence.shape[0], "argmax", 1.0, "region", upward, evidence, PATHS)
+    completion = _complete(spn, evidence.shape[0], "argmax", 1.0, "region", upward, evidence, FAST)
     return completion, upward.log_likelihood
 
 
 def _complete(spn: RatSPN, num_samples: int, rule: Rule, temperature: Tensor | float, interpolation: Interpolation,
-              upward: UpwardPass | None, evidence: Tensor | None,
-              paths: dict[tuple[Rule, Interpolation, bool], ChildSelection]) -> Tensor:
+              upward: UpwardPass | None, evidence: Tensor | None, paths: Paths) -> Tensor:
     """Top-down pass and leaf values, observed entries of ``evidence`` kept; ``[N, *event_shape]``."""
     selection = top_down(spn, num_samples, rule, temperature, interpolation, upward, paths)
-    values = leaf_values(spn.leaf_layer, selection, rule, temperature)
+    values = leaf_values(spn.leaf_layer, selection, rule, temperature, paths.closed_form_leaves)
     if evidence is not None:
         observed = spn.flatten_data(evidence)
         values = torch.where(torch.isnan(observed), values, observed)

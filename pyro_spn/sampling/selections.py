@@ -22,18 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from ..gumbel import conditional_gumbel
 from ..layers import pair_log_likelihood
+from ..spn import RatSPN, UpwardPass
 from .fused import soft_select
 from .rules import RULES, Rule, select
-
-if TYPE_CHECKING:
-    from ..spn import RatSPN, UpwardPass
 
 Interpolation = Literal["unit", "region"]
 INTERPOLATIONS: tuple[Interpolation, ...] = ("unit", "region")
