@@ -26,6 +26,7 @@ from torch.distributions import constraints
 
 from . import checks
 from .distribution import SPNDistribution
+from .expectations import Statistic, expected_statistics
 from .leaves import Categorical, Leaf, Mixed
 from .sampling import Interpolation
 from .spn import RatSPN
@@ -191,6 +192,20 @@ class MarginalSPNDistribution(TorchDistribution):
     def decode(self, extra: Tensor) -> Tensor:
         """A differentiable draw of ``x`` given ``extra [N, E]`` (the joint's rule), ``[N, *event_shape]``."""
         return self.circuit.split(self.joint.condition(self.circuit.join(None, extra)).rsample())[0]
+
+    def decode_log_prob(self, x: Tensor, extra: Tensor) -> Tensor:
+        """``log p(x | extra)`` ``[N]`` for ``x [N, *event_shape]`` and ``extra [N, E]``, exact and differentiable
+        w.r.t. the circuit's parameters and ``extra`` (the decoder's density, for score-function gradients)."""
+        joint = self.joint.log_prob(self.circuit.join(self._check_data(x), extra))
+        return joint - self.joint.log_prob(self.circuit.join(None, extra))
+
+    def expected_given(self, extra: Tensor, statistic: Statistic) -> Tensor:
+        """``E[h_k(x_d) | extra]`` for every data entry, ``[N, *event_shape, K]``, exact and differentiable (the
+        decoder's expected statistics, e.g. :func:`~pyro_spn.expectations.moments`; see
+        :func:`~pyro_spn.expectations.expected_statistics`)."""
+        data = slice(0, self.circuit.num_data)
+        stats = expected_statistics(self.circuit.spn, self.circuit.join(None, extra), statistic, data)  # [N, 1, F, K]
+        return stats.reshape((extra.shape[0],) + tuple(self.event_shape) + (stats.shape[-1],))
 
     def sample_given(self, extra: Tensor) -> Tensor:
         """Exact draws of ``x`` given ``extra [N, E]``, ``[N, *event_shape]``, no gradient."""

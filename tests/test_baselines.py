@@ -172,7 +172,7 @@ def test_histogram_log_density():
     (dict(model="mmd-gan", objective="mmd", mmd_adversarial=False), "mmd_adversarial"),
     (dict(model="gan", objective="adv", pretrain_epochs=1), "pretrain_epochs"),
     (dict(model="gan", objective="adv", nll_weight=0.1), "nll_weight"),
-    (dict(model="vae", objective="ll", hard=True), "hard"),
+    (dict(model="vae", objective="ll", estimator="straight_through"), "estimator"),
 ])
 def test_config_rejects_inconsistent_baselines(changes, field):
     with pytest.raises(ValueError, match=field):

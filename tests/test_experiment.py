@@ -13,9 +13,9 @@ from PIL import Image
 from pyro_spn.experiment import METHODS, Experiment, ExperimentConfig, RunSpec, evaluate_run
 from pyro_spn.experiment import protocol as protocol_module
 from pyro_spn.experiment.cli import experiment as experiment_command
-from pyro_spn.experiment.evaluation import data_bandwidths
 from pyro_spn.experiment.report import criterion, select, summary
 from pyro_spn.metrics import mmd2_rbf
+from pyro_spn.objectives import data_bandwidths
 from pyro_spn.train import TrainConfig, Trainer
 
 TINY = {"depth": 2, "num_repetitions": 2, "num_sums": 2, "num_leaves": 2, "max_batches_per_epoch": 2,
@@ -187,6 +187,19 @@ def test_hybrid_methods_set_pretraining_and_the_nll_weight(tmp_path):
     assert pretrained.pretrain_epochs == 2 and pretrained.objective == "adv" and pretrained.nll_weight == 0
     assert joint.nll_weight == 0.5 and joint.objective == "mmd" and joint.pretrain_epochs == 0
     assert isinstance(joint, TrainConfig) and joint.model == "spn"
+
+
+def test_every_method_makes_a_valid_config_and_the_estimator_methods_set_theirs(tmp_path):
+    config = tiny(tmp_path, epochs=4)
+    for name, method in METHODS.items():
+        dataset = "digits" if method.images_only else "2-moons"
+        RunSpec(dataset, name, 0.01, 32, 0).train_config(config).validate()
+    exact = RunSpec("2-moons", "mmd-exact+nll", 0.01, 32, 0).train_config(config)
+    assert (exact.estimator, exact.mmd_adversarial, exact.mmd_bandwidths) == ("exact", False, "data")
+    assert exact.nll_weight == config.nll_weight
+    score = RunSpec("2-moons", "adv-score-pretrained", 0.01, 32, 0).train_config(config)
+    assert (score.estimator, score.pretrain_epochs, score.objective) == ("score", 2, "adv")
+    assert RunSpec("2-moons", "adv", 0.01, 32, 0).train_config(config).estimator == "soft"
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -55,7 +55,7 @@ def metrics(run) -> list[dict]:
     ("batch_size", 2.0, ">= 1", TypeError),
     ("depth", 0, "in [1, 30]", ValueError),
     ("nll_weight", -1.0, ">= 0", ValueError),
-    ("hard", "yes", "True or False", TypeError),
+    ("estimator", "rebar", "soft, straight_through, score, exact", ValueError),
     ("max_batches_per_epoch", 0, ">= 1", ValueError),
 ])
 def test_validate_names_the_field_and_accepted_values(field, value, accepted, error_type):
@@ -89,11 +89,30 @@ def test_model_defaults_are_the_configs_not_the_clis():
     TrainConfig(model="gan").validate()
 
 
-def test_configs_of_earlier_versions_load():
+@pytest.mark.parametrize("flag", ["straight_through", "hard"])  # 0.1's field, and 0.2's development versions'
+def test_configs_of_earlier_versions_load(flag):
     values = json.loads(TrainConfig().to_json())
-    values["straight_through"] = values.pop("hard")
-    values["straight_through"] = True
-    assert TrainConfig.from_json(json.dumps(values)).hard is True
+    del values["estimator"]
+    for value, estimator in ((True, "straight_through"), (False, "soft")):
+        assert TrainConfig.from_json(json.dumps({**values, flag: value})).estimator == estimator
+    with pytest.raises(ValueError, match=flag):
+        TrainConfig.from_json(json.dumps({**values, flag: "yes"}))
+
+
+@pytest.mark.parametrize("changes, accepted", [
+    (dict(objective="adv", estimator="exact"), "soft, straight_through, score for objective adv"),
+    (dict(objective="mmd", estimator="exact"), "with the learned kernel"),
+    (dict(model="gan", estimator="score"), "soft for model gan"),
+    (dict(objective="mmd", mmd_bandwidths="data"), "mmd_bandwidths must be fixed with the learned kernel"),
+])
+def test_estimators_and_bandwidths_the_objective_cannot_take_are_refused(changes, accepted):
+    with pytest.raises(ValueError, match=accepted):
+        TrainConfig(**changes).validate()
+    for changes in (dict(objective="mmd", mmd_adversarial=False, estimator="exact"),
+                    dict(objective="pae", estimator="exact"), dict(objective="adv", estimator="score"),
+                    dict(objective="ll", estimator="score"),
+                    dict(objective="mmd", mmd_adversarial=False, mmd_bandwidths="data")):
+        TrainConfig(**changes).validate()
 
 
 def test_default_run_dir_and_auto_depth():
@@ -161,7 +180,8 @@ def test_fit_writes_the_run_folder(tmp_path):
     with h5py.File(run / "samples.h5") as file:
         assert file["samples"].shape == (8, 1, 8, 8) and file["model_samples"].shape == (8, 1, 8, 8)
         assert 0 <= file["samples"][()].min() and file["samples"][()].max() <= 1
-        assert dict(file.attrs) == {"objective": "adv", "dataset": "digits", "epoch": 2, "leaf": "binomial"}
+        assert dict(file.attrs) == {"objective": "adv", "dataset": "digits", "epoch": 2, "leaf": "binomial",
+                                    "software": "pyro_spn"}
 
 
 def test_class_conditional_run_goes_through_the_one_trainer(tmp_path):
@@ -180,6 +200,26 @@ def test_class_conditional_run_goes_through_the_one_trainer(tmp_path):
         TrainConfig(class_conditional=True, objective="adv").validate()
     with pytest.raises(ValueError, match="no class labels"):
         Model.build(TrainConfig(class_conditional=True), DataInfo("x", (2,), Binomial(total_count=2), False))
+
+
+@pytest.mark.parametrize("changes", [
+    dict(objective="adv", estimator="straight_through"), dict(objective="adv", estimator="score"),
+    dict(objective="mmd", estimator="score"), dict(objective="mmd", mmd_adversarial=False, estimator="exact"),
+    dict(objective="pae", estimator="score"), dict(objective="pae", estimator="exact", nll_weight=0.1),
+], ids=lambda changes: f"{changes['objective']}-{changes['estimator']}")
+def test_every_estimator_trains_through_the_trainer(tmp_path, changes):
+    records = Trainer(tiny(tmp_path, epochs=1, **changes), progress=False).fit()
+    assert math.isfinite(records[0]["train_loss"]) and math.isfinite(records[0]["val_nll"])
+    assert SavedRun.load(tmp_path / "run", device="cpu").config.estimator == changes["estimator"]
+
+
+def test_data_scaled_mmd_bandwidths_follow_the_training_data(tmp_path):
+    config = tiny(tmp_path, objective="mmd", mmd_adversarial=False, mmd_bandwidths="data")
+    trainer = Trainer(config, progress=False)
+    info = trainer.model.info
+    assert info.median_distance is not None and 1.0 < info.median_distance < 8.0  # 64 pixels in [0, 1]
+    assert trainer.model.objective.bandwidths == pytest.approx([f * info.median_distance
+                                                                for f in (0.125, 0.25, 0.5, 1.0, 2.0)])
 
 
 def test_annealed_temperature_decreases_over_epochs(tmp_path):
@@ -203,7 +243,9 @@ class Interrupt(Exception):
 @pytest.mark.parametrize("changes", [
     dict(objective="adv", temperature="annealed"),
     dict(objective="mmd", mmd_adversarial=True, temperature="learned"),
-], ids=["adv-annealed", "mmd-learned"])
+    dict(objective="adv", estimator="score"),
+    dict(objective="mmd", mmd_adversarial=False, mmd_bandwidths="data", estimator="exact"),
+], ids=["adv-annealed", "mmd-learned", "adv-score", "mmd-exact"])
 def test_resume_is_bit_identical(tmp_path, monkeypatch, changes):
     Trainer(tiny(tmp_path, "straight", **changes), progress=False).fit()
 

@@ -3,9 +3,9 @@
 Images: negative log-likelihood (nats per image) and bits per dimension, FID and KID of the model's samples
 against the split on a named feature extractor, reconstruction BCE (models that reconstruct: PAE circuits,
 the VAE). 2-D sets: held-out negative log-likelihood and its gap to the true density (where known), MMD² of
-the samples to the split (RBF kernels at the data's scale, :func:`data_bandwidths`), and mode coverage
-(Gaussian-mixture sets). A model without a likelihood (GAN,
-MMD-GAN) leaves its likelihood entries ``None``.
+the samples to the split (RBF kernels at the data's scale, :func:`~pyro_spn.objectives.data_bandwidths`), and
+mode coverage (Gaussian-mixture sets). A model without a likelihood (GAN, MMD-GAN) leaves its likelihood entries
+``None``.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ from ..metrics import (
     reconstruction_mse,
     train_classifier_features,
 )
+from ..objectives import data_bandwidths
+from ..train.checkpoint import CheckpointError, checkpoint_content, load_weights
 from ..train.records import read_metrics
 from ..train.sample import SavedRun
 from .config import FEATURES
 
 SPLITS: tuple[str, ...] = ("val", "test")
 KID_SUBSETS = 50
-BANDWIDTH_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0)  # 2-D MMD² bandwidths, in median pairwise distances
-MEDIAN_POINTS = 1000
 # The metrics every evaluation reports (``None`` where one does not apply).
 METRICS: tuple[str, ...] = ("nll", "bpd", "fid", "kid", "kid_std", "features", "ll_gap", "mmd2", "mode_coverage",
                             "reconstruction", "accuracy")
@@ -54,7 +54,7 @@ def load_run_data(saved: SavedRun) -> Dataset:
                         seed=config.seed)
 
 
-def feature_extractor(kind: str, dataset: str, cache: Path, *, data_root: str = "data",
+def feature_extractor(kind: str, dataset: str, cache: Path, *, data_root: str | None = None,
                       inception_weights: str | os.PathLike | None = None, epochs: int = 15) -> nn.Module:
     """The FID / KID features of image data set ``dataset``.
 
@@ -70,10 +70,7 @@ def feature_extractor(kind: str, dataset: str, cache: Path, *, data_root: str = 
         return inception_features(inception_weights)
     name = f"classifier-{dataset}"
     if cache.is_file():
-        saved = torch.load(cache, weights_only=True)
-        model = ClassifierFeatures(saved["channels"], saved["num_classes"], name=name)
-        model.load_state_dict(saved["state_dict"])
-        return model.eval()
+        return _cached_features(cache, name)
     data = load_dataset(dataset, leaf="auto", root=data_root, seed=0)
     if data.train_labels is None:
         raise ValueError(f"features: {dataset!r} has no labels to train a classifier on; use inception features")
@@ -83,6 +80,22 @@ def feature_extractor(kind: str, dataset: str, cache: Path, *, data_root: str = 
              "state_dict": model.state_dict()}
     atomic.write_atomically(cache, lambda temp: torch.save(state, temp))
     return model
+
+
+def _cached_features(cache: Path, name: str) -> nn.Module:
+    """The classifier features :func:`feature_extractor` saved in ``cache``.
+
+    Raises:
+        CheckpointError: naming the file, if it is unreadable or does not hold such features.
+    """
+    try:
+        saved = load_weights(cache, "feature cache")
+        with checkpoint_content(cache):
+            model = ClassifierFeatures(saved["channels"], saved["num_classes"], name=name)
+            model.load_state_dict(saved["state_dict"])
+    except CheckpointError as error:
+        raise CheckpointError(f"features: {error}; delete it to train the features again") from None
+    return model.eval()
 
 
 def _log_jacobian(data: Dataset) -> float:
@@ -174,20 +187,10 @@ def image_metrics(result: dict[str, Any], data: Dataset, x: Tensor, samples: Ten
         result["reconstruction"] = reconstruction_bce(data.preprocessing.inverse(reconstruction).clamp(0, 1), real)
 
 
-def data_bandwidths(x: Tensor) -> tuple[float, ...]:
-    """RBF bandwidths for the MMD² of 2-D points ``x [N, 2]``: ``BANDWIDTH_FACTORS`` times the median pairwise
-    distance of (at most the first 1000 of) ``x``, so that the kernels resolve the data's structure at its own
-    scale (fixed bandwidths of 1..16 only see the coarse shape of a set that spans a few units)."""
-    points = x[:MEDIAN_POINTS].double()
-    distances = torch.cdist(points, points)
-    median = float(distances[torch.triu_indices(len(points), len(points), 1).unbind()].median())
-    return tuple(factor * median for factor in BANDWIDTH_FACTORS)
-
-
 def planar_metrics(result: dict[str, Any], data: Dataset, x: Tensor, samples: Tensor, log_likelihood: Tensor | None,
                    reconstruction: Tensor | None) -> None:
-    """Fills ``result``'s 2-D entries (``mmd2`` with :func:`data_bandwidths`, ``ll_gap``, ``mode_coverage``,
-    ``reconstruction``)."""
+    """Fills ``result``'s 2-D entries (``mmd2`` with :func:`~pyro_spn.objectives.data_bandwidths`, ``ll_gap``,
+    ``mode_coverage``, ``reconstruction``)."""
     result["mmd2"] = mmd2_rbf(samples, x, data_bandwidths(x))
     if log_likelihood is not None and data.true_log_density is not None:
         result["ll_gap"] = log_likelihood_gap(log_likelihood, data.true_log_density(x))

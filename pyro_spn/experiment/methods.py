@@ -26,6 +26,9 @@ class Method:
         images_only: the method runs on image data sets only.
         class_conditional: a circuit over the data and the class label, trained by maximum likelihood of the
             joint (``TrainConfig.class_conditional``); its evaluation adds the classifier-on-samples accuracy.
+        estimator: the ``TrainConfig.estimator`` of the sample-based objective (:mod:`pyro_spn.estimators`).
+        fixed_kernel: MMD with the fixed RBF kernel at the data's scale (``mmd_adversarial=False``,
+            ``mmd_bandwidths="data"``) instead of the learned one.
     """
 
     name: str
@@ -37,6 +40,8 @@ class Method:
     hybrid: bool = False
     images_only: bool = False
     class_conditional: bool = False
+    estimator: str = "soft"
+    fixed_kernel: bool = False
 
     def train_options(self, epochs: int, nll_weight: float) -> dict[str, Any]:
         """The ``TrainConfig`` fields this method sets for a run of ``epochs`` epochs."""
@@ -47,6 +52,10 @@ class Method:
             options["pretrain_epochs"] = epochs // 2
         if self.hybrid:
             options["nll_weight"] = nll_weight
+        if self.estimator != "soft":
+            options["estimator"] = self.estimator
+        if self.fixed_kernel:
+            options.update(mmd_adversarial=False, mmd_bandwidths="data")
         return options
 
 
@@ -61,6 +70,26 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("adv+nll", "SPN, adversarial + λ·NLL jointly", "adv", hybrid=True),
     Method("mmd-pretrained", "SPN, LL for the first half of the epochs, then MMD", "mmd", pretrain=True),
     Method("mmd+nll", "SPN, MMD + λ·NLL jointly", "mmd", hybrid=True),
+    # the unbiased estimators (pyro_spn.estimators): exact samples with the score function, exact expectations
+    Method("adv-st", "SPN, adversarial, straight-through (exact samples, relaxed gradient)", "adv",
+           estimator="straight_through"),
+    Method("adv-score", "SPN, adversarial, score-function gradient (exact samples, unbiased)", "adv",
+           estimator="score"),
+    Method("adv-score-pretrained", "SPN, LL for half of the epochs, then adversarial with the score function",
+           "adv", estimator="score", pretrain=True),
+    Method("adv-score+nll", "SPN, adversarial with the score function + λ·NLL", "adv", estimator="score",
+           hybrid=True),
+    Method("mmd-score", "SPN, MMD² with a learned kernel, score-function gradient", "mmd", estimator="score"),
+    Method("mmd-score+nll", "SPN, MMD² with a learned kernel, score function, + λ·NLL", "mmd", estimator="score",
+           hybrid=True),
+    Method("mmd-exact", "SPN, MMD² with fixed kernels at the data's scale, exact-gradient estimator", "mmd",
+           estimator="exact", fixed_kernel=True),
+    Method("mmd-exact-pretrained", "SPN, LL for half of the epochs, then exact-gradient MMD² (fixed kernels)", "mmd",
+           estimator="exact", fixed_kernel=True, pretrain=True),
+    Method("mmd-exact+nll", "SPN, exact-gradient MMD² (fixed kernels) + λ·NLL", "mmd", estimator="exact",
+           fixed_kernel=True, hybrid=True),
+    Method("pae-exact", "SPN, probabilistic auto-encoding, the exact expected reconstruction error", "pae",
+           selection="reconstruction", images_only=True, estimator="exact"),
     Method("vae", "VAE (Gaussian prior), negative ELBO, parameters matched to the SPN", "ll", model="vae",
            selection="nll"),
     Method("gan", "GAN (DCGAN generator for images), generator parameters matched to the SPN", "adv", model="gan"),

@@ -14,19 +14,27 @@ import click
 import torch
 from click.core import ParameterSource
 
-from ..command import CONTEXT, HANDLED, OneLineErrors, failure, interrupted
+from ..command import (
+    CONTEXT,
+    HANDLED,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    SEED,
+    OneLineErrors,
+    failure,
+    interrupted,
+)
 from ..data import DATASETS
+from ..estimators import ESTIMATORS
 from ..objectives import OBJECTIVES
 from ..sampling import INTERPOLATIONS
 from ..temperature import KINDS as TEMPERATURES
-from .config import DEVICES, LEAVES, MODEL_DEFAULTS, MODELS, TrainConfig
-from .sample import SIDES, SavedRun, write_inpainting, write_samples
+from .config import DEVICES, LEAVES, MMD_BANDWIDTHS, MODEL_DEFAULTS, MODELS, TrainConfig
+from .sample import SIDES, SavedRun, check_output, write_inpainting, write_samples
 from .trainer import Trainer
 
 _DEFAULTS = TrainConfig()
-_POSITIVE_INT = click.IntRange(min=1)
-_POSITIVE = click.FloatRange(min=0, min_open=True)
-_NON_NEGATIVE = click.FloatRange(min=0)
 # Options a resumed run accepts; the rest of its config comes from its checkpoint.
 _RESUME_OPTIONS = ("resume", "output", "device", "epochs", "progress")
 _MODEL_DEFAULTS = ", ".join(f"{model}: {objective}, {lr:g}" for model, (objective, lr) in MODEL_DEFAULTS.items())
@@ -46,68 +54,77 @@ _MODEL_DEFAULTS = ", ".join(f"{model}: {objective}, {lr:g}" for model, (objectiv
                    "class-conditional generator and generative classifier; pictures show a row per class.")
 @click.option("--dataset", type=click.Choice(DATASETS), default=_DEFAULTS.dataset, show_default=True,
               help="Data set: a synthetic 2-D set or an image set (digits is bundled and needs no files).")
-@click.option("--data-root", default=_DEFAULTS.data_root, show_default=True, type=click.Path(file_okay=False),
-              help="Folder with the torchvision-format data files (and the HDF5 cache).")
+@click.option("--data-root", default=_DEFAULTS.data_root, type=click.Path(file_okay=False),
+              show_default="data, with the HDF5 cache in ~/.cache/pyro_spn/data",
+              help="Folder with the torchvision-format data files (and the HDF5 cache of decoded images).")
 @click.option("--download/--no-download", default=_DEFAULTS.download, show_default=True,
               help="Download missing data files into --data-root.")
 @click.option("--leaf", type=click.Choice(LEAVES), default=_DEFAULTS.leaf, show_default=True,
               help="Leaf type; auto: binomial for images, normal for 2-D data.")
-@click.option("--depth", type=_POSITIVE_INT, default=None, show_default="auto: min(4, floor(log2 F))",
+@click.option("--depth", type=POSITIVE_INT, default=None, show_default="auto: min(4, floor(log2 F))",
               help="Circuit depth D (2^D leaf regions per repetition).")
-@click.option("--repetitions", "num_repetitions", type=_POSITIVE_INT, default=_DEFAULTS.num_repetitions,
+@click.option("--repetitions", "num_repetitions", type=POSITIVE_INT, default=_DEFAULTS.num_repetitions,
               show_default=True, help="Repetitions R (random trees mixed at the root).")
-@click.option("--sums", "num_sums", type=_POSITIVE_INT, default=_DEFAULTS.num_sums, show_default=True,
+@click.option("--sums", "num_sums", type=POSITIVE_INT, default=_DEFAULTS.num_sums, show_default=True,
               help="Sum units K per region.")
-@click.option("--leaves", "num_leaves", type=_POSITIVE_INT, default=_DEFAULTS.num_leaves, show_default=True,
+@click.option("--leaves", "num_leaves", type=POSITIVE_INT, default=_DEFAULTS.num_leaves, show_default=True,
               help="Leaf components per leaf region.")
 @click.option("--temperature", type=click.Choice(TEMPERATURES), default=_DEFAULTS.temperature, show_default=True,
               help="Gumbel-Softmax temperature: constant (--tau), annealed (from --tau down to --tau-min at "
                    "--tau-rate) or learned (starting at --tau).")
-@click.option("--tau", type=_POSITIVE, default=_DEFAULTS.tau, show_default=True,
+@click.option("--tau", type=POSITIVE, default=_DEFAULTS.tau, show_default=True,
               help="Constant, starting or initial temperature.")
-@click.option("--tau-min", type=_POSITIVE, default=_DEFAULTS.tau_min, show_default=True,
+@click.option("--tau-min", type=POSITIVE, default=_DEFAULTS.tau_min, show_default=True,
               help="Floor of the annealed temperature.")
-@click.option("--tau-rate", type=_NON_NEGATIVE, default=_DEFAULTS.tau_rate, show_default=True,
+@click.option("--tau-rate", type=NON_NEGATIVE, default=_DEFAULTS.tau_rate, show_default=True,
               help="Decay rate of the annealed temperature: tau * exp(-rate * epoch / epochs).")
-@click.option("--hard/--soft", default=_DEFAULTS.hard, show_default=True,
-              help="Differentiable samples: exact forward with straight-through gradients (--hard), or the paper's "
-                   "soft interpolation of child samples (--soft).")
+@click.option("--estimator", type=click.Choice(ESTIMATORS), default=_DEFAULTS.estimator, show_default=True,
+              help="Gradient through the samples (adv, mmd, pae): soft (the paper's relaxation), straight_through, "
+                   "score (exact samples, score function: unbiased) or exact (no sampling: mmd with the fixed kernel, "
+                   "pae).")
 @click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=_DEFAULTS.interpolation,
               show_default=True, help="Soft selections per sum unit (the paper's) or per region (K times cheaper).")
-@click.option("--lr", type=_POSITIVE, default=None, show_default=f"the model's ({_MODEL_DEFAULTS})",
+@click.option("--lr", type=POSITIVE, default=None, show_default=f"the model's ({_MODEL_DEFAULTS})",
               help="Adam learning rate of the circuit or baseline (and a learned temperature).")
-@click.option("--batch-size", type=_POSITIVE_INT, default=_DEFAULTS.batch_size, show_default=True,
+@click.option("--batch-size", type=POSITIVE_INT, default=_DEFAULTS.batch_size, show_default=True,
               help="Examples per mini-batch.")
-@click.option("--epochs", type=_POSITIVE_INT, default=_DEFAULTS.epochs, show_default=True,
+@click.option("--epochs", type=POSITIVE_INT, default=_DEFAULTS.epochs, show_default=True,
               help="Epochs in all (pre-training included); with --resume, more epochs extend the run.")
-@click.option("--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True,
+@click.option("--seed", type=SEED, default=_DEFAULTS.seed, show_default=True,
               help="Seeds the data split, the model, the shuffles and the sampler.")
 @click.option("--device", type=click.Choice(DEVICES), default=_DEFAULTS.device, show_default=True,
               help="auto: CUDA if available, else CPU.")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               show_default="runs/OBJECTIVE-DATASET-seedSEED",
-              help="Run folder: config.json, metrics.jsonl, samples_epochNNN.png, checkpoint.pt, samples.h5.")
+              help="Run folder: config.json, metrics.jsonl, samples_epochNNN.png, checkpoint.pt, samples.h5. A folder "
+                   "that is not empty is refused without --resume or --overwrite.")
 @click.option("--resume", is_flag=True, default=False,
               help="Continue the run in --output from its checkpoint (its saved options are used; only --epochs, "
                    "--device and --progress may be given besides).")
+@click.option("--overwrite", is_flag=True, default=_DEFAULTS.overwrite,
+              help="Start a new run in --output even if it holds files: the files of a run there are removed first "
+                   "(other files stay).")
 @click.option("--pretrain-epochs", type=click.IntRange(min=0), default=_DEFAULTS.pretrain_epochs, show_default=True,
               help="First epochs that minimize the negative log-likelihood instead of the objective.")
-@click.option("--nll-weight", type=_NON_NEGATIVE, default=_DEFAULTS.nll_weight, show_default=True,
+@click.option("--nll-weight", type=NON_NEGATIVE, default=_DEFAULTS.nll_weight, show_default=True,
               help="Hybrid loss: objective + weight * NLL (0: the objective alone; not for ll).")
-@click.option("--discriminator-steps", type=_POSITIVE_INT, default=_DEFAULTS.discriminator_steps,
+@click.option("--discriminator-steps", type=POSITIVE_INT, default=_DEFAULTS.discriminator_steps,
               show_default=True, help="Discriminator (adv) or kernel encoder (mmd) updates per circuit update.")
-@click.option("--discriminator-lr", type=_POSITIVE, default=_DEFAULTS.discriminator_lr, show_default=True,
+@click.option("--discriminator-lr", type=POSITIVE, default=_DEFAULTS.discriminator_lr, show_default=True,
               help="Adam learning rate of the discriminator (adv).")
 @click.option("--mmd-adversarial/--mmd-fixed", "mmd_adversarial", default=_DEFAULTS.mmd_adversarial,
               show_default=True, help="MMD kernel: learned adversarially by an encoder (MMD-GAN) or fixed RBF "
                                       "kernels on the data.")
-@click.option("--encoder-lr", type=_POSITIVE, default=_DEFAULTS.encoder_lr, show_default=True,
+@click.option("--mmd-bandwidths", type=click.Choice(MMD_BANDWIDTHS), default=_DEFAULTS.mmd_bandwidths,
+              show_default=True, help="RBF bandwidths of the MMD: 1..16 on the scaled data (fixed), or 1/8..2 times "
+                                      "the training data's median pairwise distance (data).")
+@click.option("--encoder-lr", type=POSITIVE, default=_DEFAULTS.encoder_lr, show_default=True,
               help="Adam learning rate of the MMD kernel encoder.")
-@click.option("--latent-dim", type=_POSITIVE_INT, default=_DEFAULTS.latent_dim, show_default=True,
+@click.option("--latent-dim", type=POSITIVE_INT, default=_DEFAULTS.latent_dim, show_default=True,
               help="Gaussian latent variables of the pae objective and of the baselines.")
-@click.option("--num-final-samples", type=_POSITIVE_INT, default=_DEFAULTS.num_final_samples, show_default=True,
-              help="Samples written to samples.h5 at the end.")
-@click.option("--max-batches-per-epoch", type=_POSITIVE_INT, default=None, show_default="all",
+@click.option("--num-final-samples", type=POSITIVE_INT, default=_DEFAULTS.num_final_samples, show_default=True,
+              help="Samples written to samples.h5 at the end (at most 2^28 values in all: 4194304 8x8 digits).")
+@click.option("--max-batches-per-epoch", type=POSITIVE_INT, default=None, show_default="all",
               help="Cut every epoch (and validation) to this many batches, for smoke tests.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar (shown only on a terminal).")
@@ -161,19 +178,22 @@ def _option_name(ctx: click.Context, name: str) -> str:
 @click.command(cls=OneLineErrors, context_settings=CONTEXT)
 @click.option("--checkpoint", "run", required=True, type=click.Path(path_type=Path),
               help="A run folder (or its checkpoint.pt).")
-@click.option("--num-samples", type=_POSITIVE_INT, default=64, show_default=True,
-              help="Samples to draw, or test images to complete with --inpaint.")
+@click.option("--num-samples", type=POSITIVE_INT, default=64, show_default=True,
+              help="Samples to draw (a picture of images shows the first 1024), or test images to complete with "
+                   "--inpaint; at most 2^28 values in all.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               show_default="RUN/sample.png or RUN/inpaint_SIDE.png",
-              help="The picture: a grid of samples (2-D data: the density with the samples), or with --inpaint "
-                   "rows of originals, masked images, conditional samples and max-product completions.")
+              help="The picture (.png): a grid of samples (2-D data: the density with the samples), or with "
+                   "--inpaint rows of originals, masked images, conditional samples and max-product completions. "
+                   "An existing file is replaced only if this command wrote it.")
 @click.option("--inpaint", type=click.Choice(SIDES), default=None,
               help="Complete test images whose given half is missing instead of sampling unconditionally.")
 @click.option("--hdf5", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the samples (or completions), in data units, to this HDF5 file.")
+              help="Also write the samples (or completions), in data units, to this HDF5 file (never a file of a "
+                   "training run; an existing file only if this command wrote it).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, show_default="the run's",
               help="Folder with the data files, for the test images of --inpaint.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds the sampler.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the sampler.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto: CUDA if available, else CPU.")
 def sample(run: Path, num_samples: int, output: Path | None, inpaint: str | None, hdf5: Path | None,
@@ -188,11 +208,13 @@ def sample(run: Path, num_samples: int, output: Path | None, inpaint: str | None
     folder = run.parent if run.is_file() else run
     picture = output or folder / ("sample.png" if inpaint is None else f"inpaint_{inpaint}.png")
     try:
+        check_output(picture, "--output", "picture")
+        if hdf5 is not None:
+            check_output(hdf5, "--hdf5", "hdf5")
+            if hdf5.resolve() == picture.resolve():
+                raise click.UsageError(f"--hdf5 and --output name the same file {hdf5}")
         saved = SavedRun.load(run, device)
         torch.manual_seed(seed)
-        for path in (picture, hdf5):
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
         if inpaint is None:
             write_samples(saved, num_samples, picture, hdf5)
         else:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .. import checks
-from ..data import DATASETS
+from ..data import DATASETS, event_shape_of
 from ..data import LEAVES as DATA_LEAVES
+from ..estimators import ESTIMATORS
 from ..objectives import OBJECTIVES
 from ..sampling import INTERPOLATIONS
 from ..temperature import KINDS as TEMPERATURES
@@ -21,8 +23,15 @@ MODEL_DEFAULTS: dict[str, tuple[str, float]] = {"spn": ("ll", 1e-2), "vae": ("ll
                                                 "mmd-gan": ("mmd", 2e-4)}
 LEAVES: tuple[str, ...] = ("auto", *DATA_LEAVES)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-#: Fields of earlier versions of the config, and their names now.
-RENAMED_FIELDS: dict[str, str] = {"straight_through": "hard"}
+#: The MMD kernels' bandwidths: σ ∈ {1, 2, 4, 8, 16} on the scaled data, or at the data's scale.
+MMD_BANDWIDTHS: tuple[str, ...] = ("fixed", "data")
+#: The most latent variables a run may have (more than any data set has values).
+MAX_LATENT_DIM = 2**16
+#: Boolean fields of earlier versions of the config that chose straight-through (true) or soft (false) samples, now
+#: ``estimator``: ``straight_through`` (0.1) and ``hard`` (development versions of 0.2).
+ESTIMATOR_FLAGS: tuple[str, ...] = ("straight_through", "hard")
+#: The estimators each sample-based objective takes (``"exact"``: MMD with the fixed kernel, PAE).
+OBJECTIVE_ESTIMATORS: dict[str, tuple[str, ...]] = {"adv": ESTIMATORS[:3], "mmd": ESTIMATORS, "pae": ESTIMATORS}
 
 
 @dataclass
@@ -38,7 +47,9 @@ class TrainConfig:
         objective: ``"ll"`` (maximum likelihood), ``"adv"`` (adversarial), ``"mmd"`` (maximum mean
             discrepancy) or ``"pae"`` (probabilistic auto-encoding).
         dataset: a name of ``pyro_spn.data.DATASETS``.
-        data_root: the folder holding (or receiving) the data files.
+        data_root: the folder holding (or receiving) the data files, and the HDF5 cache of decoded images
+            (``<data_root>/cache``); ``None`` for ``data`` in the working folder, with the cache in the user's
+            private cache folder (``~/.cache/pyro_spn/data``; see :func:`pyro_spn.data.load_dataset`).
         download: download missing data files.
         leaf: the leaf type, ``"auto"`` for the data set's default (``"binomial"``, ``"normal"``, ``"bernoulli"``).
         depth: circuit depth ``D``; ``None`` for ``min(4, floor(log2 F))`` (``F`` data variables).
@@ -49,8 +60,10 @@ class TrainConfig:
         tau: the constant, starting or initial ``τ``.
         tau_min: the annealed schedule's floor.
         tau_rate: the annealed schedule's decay rate (``τ = max(tau_min, tau · exp(−rate · epoch / epochs))``).
-        hard: differentiable samples are exact forward with straight-through gradients backward; ``False``
-            (default) is the paper's soft interpolation of child samples (sample-based objectives only).
+        estimator: how a sample-based objective's gradient through the circuit's samples is estimated
+            (:mod:`pyro_spn.estimators`): ``"soft"`` (the paper's relaxation, the default), ``"straight_through"``,
+            ``"score"`` (exact samples and the score function, unbiased) or ``"exact"`` (no sampling: MMD with the
+            fixed kernel, PAE). Baselines take ``"soft"`` (their own reparameterized samples).
         interpolation: ``"unit"`` (the paper's, every sum unit draws) or ``"region"`` (``K`` times cheaper).
         lr: the circuit's (or the baseline's) Adam learning rate; ``None`` for the model's (:data:`MODEL_DEFAULTS`).
         batch_size: examples per mini-batch.
@@ -59,14 +72,20 @@ class TrainConfig:
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         output: the run folder; ``None`` for ``runs/<objective>-<dataset>-seed<seed>``.
         resume: continue the run in ``output`` from its checkpoint.
+        overwrite: start a new run in ``output`` even if it holds files: the files of a run there (and only those)
+            are removed first. Without it (or ``resume``) a folder that is not empty is refused.
         pretrain_epochs: the first epochs minimize the negative log-likelihood instead of the objective.
         nll_weight: ``λ`` of the hybrid loss ``objective + λ · NLL``; ``0`` for the objective alone.
         discriminator_steps: discriminator (ADV) or kernel encoder (MMD) updates per circuit update.
         discriminator_lr: the discriminator's Adam learning rate (ADV).
         mmd_adversarial: learn the MMD kernel adversarially (MMD-GAN) instead of a fixed RBF kernel on the data.
+        mmd_bandwidths: the RBF bandwidths of the MMD: ``"fixed"`` (``σ ∈ {1, 2, 4, 8, 16}`` on data divided by the
+            leaf's scale, the paper's) or ``"data"`` (``{⅛, ¼, ½, 1, 2}`` times the training data's median pairwise
+            distance, which resolves the structure of data a few units wide).
         encoder_lr: the MMD kernel encoder's Adam learning rate.
         latent_dim: the number of Gaussian latent variables (PAE and the baselines).
-        num_final_samples: samples written to ``samples.h5`` at the end.
+        num_final_samples: samples written to ``samples.h5`` at the end (at most
+            :data:`~pyro_spn.checks.MAX_SAMPLE_VALUES` values in all).
         max_batches_per_epoch: stop each epoch (and each validation) after this many batches; ``None`` for all.
     """
 
@@ -74,7 +93,7 @@ class TrainConfig:
     objective: str | None = None
     class_conditional: bool = False
     dataset: str = "digits"
-    data_root: str = "data"
+    data_root: str | None = None
     download: bool = False
     leaf: str = "auto"
     depth: int | None = None
@@ -85,7 +104,7 @@ class TrainConfig:
     tau: float = 1.0
     tau_min: float = 0.5
     tau_rate: float = 1.0
-    hard: bool = False
+    estimator: str = "soft"
     interpolation: str = "unit"
     lr: float | None = None
     batch_size: int = 128
@@ -94,11 +113,13 @@ class TrainConfig:
     device: str = "auto"
     output: str | None = None
     resume: bool = False
+    overwrite: bool = False
     pretrain_epochs: int = 0
     nll_weight: float = 0.0
     discriminator_steps: int = 1
     discriminator_lr: float = 2e-4
     mmd_adversarial: bool = True
+    mmd_bandwidths: str = "fixed"
     encoder_lr: float = 5e-3
     latent_dim: int = 16
     num_final_samples: int = 1000
@@ -127,17 +148,22 @@ class TrainConfig:
         checks.choice("temperature", self.temperature, TEMPERATURES)
         checks.choice("interpolation", self.interpolation, INTERPOLATIONS)
         checks.choice("device", self.device, DEVICES)
-        for name in ("download", "hard", "resume", "mmd_adversarial", "class_conditional"):
+        checks.choice("estimator", self.estimator, ESTIMATORS)
+        checks.choice("mmd_bandwidths", self.mmd_bandwidths, MMD_BANDWIDTHS)
+        for name in ("download", "resume", "overwrite", "mmd_adversarial", "class_conditional"):
             checks.flag(name, getattr(self, name))
-        if not isinstance(self.data_root, str) or not self.data_root:
-            raise ValueError(f"data_root must be a non-empty path, got {self.data_root!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run in output, or replace it")
+        if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root):
+            raise ValueError(f"data_root must be a non-empty path or None, got {self.data_root!r}")
         if self.output is not None and (not isinstance(self.output, str) or not self.output):
             raise ValueError(f"output must be a non-empty path or None, got {self.output!r}")
         if self.depth is not None:
             checks.integer("depth", self.depth, maximum=30)
-        for name in ("num_repetitions", "num_sums", "num_leaves", "batch_size", "epochs", "discriminator_steps",
-                     "latent_dim", "num_final_samples"):
+        for name in ("num_repetitions", "num_sums", "num_leaves", "batch_size", "epochs", "discriminator_steps"):
             checks.integer(name, getattr(self, name))
+        checks.integer("latent_dim", self.latent_dim, maximum=MAX_LATENT_DIM)
+        checks.sample_count("num_final_samples", self.num_final_samples, math.prod(event_shape_of(self.dataset)))
         checks.integer("seed", self.seed, minimum=0, maximum=2**63 - 1)
         checks.integer("pretrain_epochs", self.pretrain_epochs, minimum=0)
         if self.pretrain_epochs > self.epochs:
@@ -157,7 +183,23 @@ class TrainConfig:
                              f"objective {self.objective!r}")
         if self.model != "spn":
             self._validate_baseline()
+        self._validate_estimator()
+        if self.objective == "mmd" and self.mmd_adversarial and self.mmd_bandwidths != "fixed":
+            raise ValueError("mmd_bandwidths must be fixed with the learned kernel (mmd_adversarial): the data's "
+                             f"scale is not its features', got {self.mmd_bandwidths!r}")
         return self
+
+    def _validate_estimator(self) -> None:
+        """The estimator must be one the objective takes (likelihood training takes any: it samples nothing)."""
+        accepted = OBJECTIVE_ESTIMATORS.get(str(self.objective), ESTIMATORS)
+        if self.model != "spn":
+            accepted = ("soft",)
+        elif self.objective == "mmd" and self.mmd_adversarial:
+            accepted = ESTIMATORS[:3]
+        if self.estimator not in accepted:
+            where = f"model {self.model}" if self.model != "spn" else f"objective {self.objective}" + (
+                " with the learned kernel (mmd_adversarial)" if self.objective == "mmd" else "")
+            raise ValueError(f"estimator must be one of {', '.join(accepted)} for {where}, got {self.estimator!r}")
 
     def _validate_baseline(self) -> None:
         """A baseline fixes its objective and has no circuit-only options."""
@@ -168,7 +210,7 @@ class TrainConfig:
                              f"got {self.objective!r}")
         if self.model == "mmd-gan" and not self.mmd_adversarial:
             raise ValueError("mmd_adversarial must be true for model mmd-gan (a learned kernel), got False")
-        for name, default in (("pretrain_epochs", 0), ("nll_weight", 0.0), ("hard", False)):
+        for name, default in (("pretrain_epochs", 0), ("nll_weight", 0.0)):
             if getattr(self, name) != default:
                 raise ValueError(f"{name} must be {default} for model {self.model} (it is a circuit option), "
                                  f"got {getattr(self, name)!r}")
@@ -187,7 +229,12 @@ class TrainConfig:
             raise ValueError(f"config: not valid JSON ({error})") from None
         if not isinstance(values, dict):
             raise ValueError(f"config: expected a JSON object, got {type(values).__name__}")
-        values = {RENAMED_FIELDS.get(name, name): value for name, value in values.items()}
+        for flag in ESTIMATOR_FLAGS:
+            if flag in values:
+                value = values.pop(flag)
+                if not isinstance(value, bool):
+                    raise ValueError(f"config: {flag} must be true or false, got {value!r}")
+                values.setdefault("estimator", "straight_through" if value else "soft")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -16,12 +16,13 @@ from ..distribution import SPNDistribution
 from ..joint import JointSPN, MarginalSPNDistribution
 from ..leaves import Categorical, Leaf, Normal, leaf_from_config
 from ..nets import VAE, Generator
-from ..objectives import ELBOObjective, Objective, make_objective
+from ..objectives import BANDWIDTH_FACTORS, BANDWIDTHS, ELBOObjective, Objective, make_objective, median_distance
 from ..sampling import Interpolation
-from ..spn import RatSPN
+from ..spn import MAX_PARAMETERS, RatSPN
 from ..temperature import ConstantTemperature, Temperature, make_temperature
 from .config import TrainConfig
 from .pictures import histogram_log_density, save_density_picture, save_image_grid
+from .records import SOFTWARE
 
 MAX_AUTO_DEPTH = 4
 PICTURE_SAMPLES = 64  # samples in a picture of images
@@ -44,6 +45,8 @@ class DataInfo:
         leaf: the leaf family that models it.
         is_image: whether the data are images.
         num_classes: the number of class labels (``None`` for data sets without labels).
+        median_distance: the median pairwise distance of the training data divided by :attr:`scale` (the scale of
+            data-scaled MMD kernels; ``None`` in checkpoints of earlier versions).
     """
 
     name: str
@@ -51,12 +54,14 @@ class DataInfo:
     leaf: Leaf
     is_image: bool
     num_classes: int | None = None
+    median_distance: float | None = None
 
     @classmethod
     def of(cls, dataset: Dataset) -> DataInfo:
         labels = dataset.train_labels
         num_classes = None if labels is None else int(labels.max()) + 1
-        return cls(dataset.name, tuple(dataset.event_shape), dataset.leaf, dataset.is_image, num_classes)
+        return cls(dataset.name, tuple(dataset.event_shape), dataset.leaf, dataset.is_image, num_classes,
+                   median_distance(dataset.train / model_scale(dataset.leaf)))
 
     @property
     def scale(self) -> float:
@@ -65,7 +70,7 @@ class DataInfo:
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "event_shape": list(self.event_shape), "leaf": self.leaf.to_config(),
-                "is_image": self.is_image, "num_classes": self.num_classes}
+                "is_image": self.is_image, "num_classes": self.num_classes, "median_distance": self.median_distance}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> DataInfo:
@@ -75,7 +80,7 @@ class DataInfo:
         if isinstance(leaf, str):
             leaf = {"type": leaf, **({"total_count": state["total_count"]} if leaf == "binomial" else {})}
         return cls(state["name"], tuple(state["event_shape"]), leaf_from_config(leaf), bool(state["is_image"]),
-                   state.get("num_classes"))
+                   state.get("num_classes"), state.get("median_distance"))
 
 
 def auto_depth(event_shape: tuple[int, ...]) -> int:
@@ -125,16 +130,40 @@ def spn_num_parameters(config: TrainConfig, info: DataInfo) -> int:
     return RatSPN.num_parameters((math.prod(info.event_shape) + extra[1],), leaf=leaf, **options)
 
 
+def check_size(config: TrainConfig, info: DataInfo) -> None:
+    """Raises ``ValueError`` naming the options if the circuit ``config`` describes for data ``info`` (a baseline's
+    parameter budget) would have more than :data:`~pyro_spn.spn.MAX_PARAMETERS` parameters: by arithmetic, before
+    anything is built."""
+    count = spn_num_parameters(config, info)
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"num_sums, num_repetitions, num_leaves, depth: the circuit would have {count:.3g} "
+                         f"parameters, more than the {MAX_PARAMETERS:.3g} allowed")
+
+
+def mmd_bandwidths(config: TrainConfig, info: DataInfo) -> tuple[float, ...]:
+    """The MMD kernels' bandwidths on data divided by ``info.scale``: :data:`~pyro_spn.objectives.BANDWIDTHS`
+    (``mmd_bandwidths="fixed"``) or :data:`~pyro_spn.objectives.BANDWIDTH_FACTORS` times the training data's median
+    pairwise distance (``"data"``)."""
+    if config.mmd_bandwidths == "fixed":
+        return BANDWIDTHS
+    if info.median_distance is None:
+        raise ValueError("mmd_bandwidths: 'data' needs the training data's median distance, which this run's "
+                         "checkpoint (of an earlier version) does not hold")
+    return tuple(factor * info.median_distance for factor in BANDWIDTH_FACTORS)
+
+
 def _objective_options(config: TrainConfig, info: DataInfo) -> dict[str, Any]:
     """``make_objective`` options from the config; image data are scaled to ``[0, 1]`` pixels for Binomial leaves."""
     if config.objective == "adv":
         return {"lr": config.discriminator_lr, "discriminator_steps": config.discriminator_steps,
-                "scale": info.scale}
+                "scale": info.scale, "estimator": config.estimator}
     if config.objective == "mmd":
         return {"kernel": "learned" if config.mmd_adversarial else "fixed", "encoder_lr": config.encoder_lr,
-                "encoder_steps": config.discriminator_steps, "scale": info.scale}
+                "encoder_steps": config.discriminator_steps, "scale": info.scale, "estimator": config.estimator,
+                "bandwidths": mmd_bandwidths(config, info)}
     if config.objective == "pae":
-        return {"reconstruction": "mse" if isinstance(info.leaf, Normal) else "bce", "scale": info.scale}
+        return {"reconstruction": "mse" if isinstance(info.leaf, Normal) else "bce", "scale": info.scale,
+                "estimator": config.estimator}
     return {}
 
 
@@ -155,14 +184,16 @@ class Model(nn.Module):
         self.temperature = temperature
         self.kind = config.model
         self.class_conditional = config.class_conditional
-        self.hard = config.hard
+        self.hard = config.estimator != "soft"
         self.interpolation: Interpolation = "region" if config.interpolation == "region" else "unit"
         self.info = info
 
     @classmethod
     def build(cls, config: TrainConfig, info: DataInfo) -> Model:
-        """The model ``config`` describes for data ``info``."""
+        """The model ``config`` describes for data ``info`` (refused by :func:`check_size` before anything is built
+        if it is too large)."""
         assert config.objective is not None
+        check_size(config, info)
         if config.model != "spn":
             return cls._build_baseline(config, info)
         objective = make_objective(config.objective, event_shape=info.event_shape, nll_weight=config.nll_weight,
@@ -311,21 +342,21 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def save_picture(self, path: Path, preprocessing: Preprocessing, batch_size: int, data: Tensor | None = None,
-                     samples: Tensor | None = None) -> None:
+                     samples: Tensor | None = None, software: str = SOFTWARE) -> None:
         """Images: a grid of samples (class-conditional circuits: a row per class). 2-D data: the density (the VAE's
         with ``PICTURE_IMPORTANCE`` importance samples; without a likelihood: a histogram of ``HISTOGRAM_SAMPLES``
         samples) with samples (red) and ``data`` (white, if given) as dots, over the range of ``data`` (or of the
-        samples). ``samples`` (model space) are drawn if not given."""
+        samples). ``samples`` (model space) are drawn if not given; ``software`` names what wrote the picture."""
         if samples is None and self.class_conditional and self.info.num_classes is not None:
             classes = self.info.num_classes
             samples = self.sample_given(torch.arange(classes).repeat_interleave(classes))
         if samples is None:
             samples = self.sample(PICTURE_SAMPLES if self.info.is_image else DENSITY_POINTS, batch_size)
         if self.info.is_image:
-            save_image_grid(preprocessing.inverse(samples), path)
+            save_image_grid(preprocessing.inverse(samples), path, software)
             return
         extent = samples if data is None else data
         log_density = (self._picture_log_density if self.has_likelihood
                        else histogram_log_density(self.sample(HISTOGRAM_SAMPLES, HISTOGRAM_SAMPLES), extent))
         save_density_picture(log_density, path, extent=extent, samples=samples,
-                             data=None if data is None else data[:DENSITY_POINTS])
+                             data=None if data is None else data[:DENSITY_POINTS], software=software)
