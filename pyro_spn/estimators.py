@@ -22,7 +22,7 @@ encoder), which receive the gradient of the estimate's value.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, cast
 
 import torch
@@ -67,10 +67,16 @@ class RBFKernel:
     def expected(self, distribution: Circuit) -> Tensor:
         """``E_{x~p}[k(x, y_j)]`` for every reference point, ``[M]``, exactly (one upward pass; a joint circuit's
         extras are marginalized)."""
-        if isinstance(distribution, MarginalSPNDistribution):
-            joint = distribution.circuit
-            return rbf_expectations(joint.spn, joint.join(self.points, None, x_name="points"), self.bandwidth)
-        return rbf_expectations(distribution.spn, self.points, self.bandwidth)
+        return circuit_rbf_expectations(distribution, self.points, (self.bandwidth,))[0]
+
+
+def circuit_rbf_expectations(distribution: Circuit, points: Tensor, bandwidths: Sequence[float]) -> Tensor:
+    """:func:`~pyro_spn.expectations.rbf_expectations` under a circuit's distribution (a joint circuit's extras
+    marginalized): ``[len(bandwidths), M]`` for ``points [M, *event_shape]``."""
+    if isinstance(distribution, MarginalSPNDistribution):
+        joint = distribution.circuit
+        return rbf_expectations(joint.spn, joint.join(points, None, x_name="points"), bandwidths)
+    return rbf_expectations(distribution.spn, points, bandwidths)
 
 
 def tractable(d: object, estimator: str) -> Circuit:
@@ -182,17 +188,18 @@ def rbf_mmd2(distribution: Circuit, data: Tensor, bandwidths: tuple[float, ...],
     """
     with torch.no_grad():
         samples = distribution.sample((checks.integer("num_samples", num_samples),))
-    total = samples.new_zeros(())
-    flat = data.flatten(1).to(total.dtype)
-    squared = torch.cdist(flat, flat).square()
-    off_diagonal = ~torch.eye(len(flat), dtype=torch.bool, device=flat.device)
-    for bandwidth in bandwidths:
-        model = RBFKernel(samples, bandwidth).expected(distribution).mean()
-        cross = RBFKernel(data, bandwidth).expected(distribution).mean()
-        within = torch.exp(-squared / (2 * bandwidth**2))[off_diagonal].mean() if len(flat) > 1 else 0.0 * total
-        total = total + (2 * model - model.detach()) - 2 * cross + within
-    return total
+    points = torch.cat([samples, data.to(samples.dtype)])
+    expected = circuit_rbf_expectations(distribution, points, bandwidths)  # [B, n + M]
+    model, cross = expected[:, : len(samples)].mean(1), expected[:, len(samples):].mean(1)  # [B] each
+    flat = data.flatten(1).to(samples.dtype)
+    if len(flat) > 1:
+        squared = torch.cdist(flat, flat).square()
+        off_diagonal = ~torch.eye(len(flat), dtype=torch.bool, device=flat.device)
+        within = torch.stack([torch.exp(-squared / (2 * s**2))[off_diagonal].mean() for s in bandwidths])
+    else:
+        within = torch.zeros_like(model)
+    return ((2 * model - model.detach()) - 2 * cross + within).sum()
 
 
-__all__ = ["BASELINES", "ESTIMATORS", "Circuit", "RBFKernel", "critic_samples", "expectation", "rbf_mmd2",
-           "score_surrogate", "tractable", "with_rule"]
+__all__ = ["BASELINES", "ESTIMATORS", "Circuit", "RBFKernel", "circuit_rbf_expectations", "critic_samples",
+           "expectation", "rbf_mmd2", "score_surrogate", "tractable", "with_rule"]

@@ -3,7 +3,7 @@
 Two kinds of functions have exact expectations under a smooth and decomposable circuit:
 
 * **products** over the variables, ``f(x) = Π_d h_d(x_d)``: ``E_p[f]`` is the circuit's upward pass with every leaf
-  replaced by its expectation ``E_leaf[h_d]`` (:func:`upward_from_leaves`); e.g. the RBF kernel ``k(x, y)`` between
+  replaced by its expectation ``E_leaf[h_d]`` (:func:`upward_from_regions`); e.g. the RBF kernel ``k(x, y)`` between
   a sample and a fixed point ``y`` (:func:`rbf_leaf_log_expectations`), which gives MMD² with fixed kernels
   exactly in the data term and without relaxation in the model term;
 * **sums** over the variables, ``f(x) = Σ_d h_d(x_d)``: ``E[f | evidence] = Σ_d Σ_components q · E_component[h_d]``
@@ -13,14 +13,15 @@ Two kinds of functions have exact expectations under a smooth and decomposable c
   the decoder.
 
 Per leaf component, the expectations are closed forms for Normal leaves and finite sums over the support for
-Bernoulli, Binomial and Categorical leaves (:func:`component_statistics`).
+Bernoulli, Binomial and Categorical leaves (:func:`support_log_probs`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .layers import LeafLayer
@@ -50,18 +51,16 @@ def support_log_probs(leaf: Leaf, params: Params, like: Tensor) -> tuple[Tensor,
     if values is None:
         raise ValueError(f"this exact expectation needs leaves with a finite support or a closed form, got {leaf!r}")
     values = values.to(device=like.device, dtype=like.dtype)
-    return values, torch.stack([leaf.log_prob(v, params) for v in values], dim=-1)
+    return values, leaf.log_prob(values.view(-1, 1, 1, 1, 1), params).movedim(0, -1)
 
 
-def per_family(layer: LeafLayer, fn: Callable[[Leaf, Params, slice], Tensor], dim: int,
-               variables: slice | None = None) -> Tensor:
-    """``fn(family, its parameters, its variables)`` over the variables of every leaf family of the layer (one for a
-    plain leaf, one per group of a :class:`~pyro_spn.leaves.Mixed` leaf), concatenated along the variables, the
-    results' dimension ``dim``; only the variables ``variables`` (a contiguous range, default all)."""
+def families(layer: LeafLayer, variables: slice | None = None) -> list[tuple[Leaf, Params, slice]]:
+    """The leaf families of the layer with their parameters and variables: one for a plain leaf, one per group of a
+    :class:`~pyro_spn.leaves.Mixed` leaf; only the variables ``variables`` (a contiguous range, default all)."""
     leaf, params = layer.leaf, layer.params()
     first, stop, _ = (variables or slice(None)).indices(layer.num_features)
     groups = leaf.groups if isinstance(leaf, Mixed) else ((leaf, layer.num_features),)
-    parts, start = [], 0
+    out, start = [], 0
     for group, (member, size) in enumerate(groups):
         features = slice(max(start, first), min(start + size, stop))
         start += size
@@ -70,55 +69,109 @@ def per_family(layer: LeafLayer, fn: Callable[[Leaf, Params, slice], Tensor], di
         prefix = f"g{group}_" if isinstance(leaf, Mixed) else ""
         own = {name[len(prefix):]: p[:, features] for name, p in params.items()
                if name.startswith(prefix) and name != "type"}
-        parts.append(fn(member, own, features))
-    return torch.cat(parts, dim=dim)
+        out.append((member, own, features))
+    return out
 
 
 # -- products over the variables: one upward pass ------------------------------------------------------------
-def _rbf_family(leaf: Leaf, params: Params, points: Tensor, bandwidth: float) -> Tensor:
-    """``log E_component[exp(−(X − y)² / (2σ²))]``: ``points [M, C, F]`` → ``[M, C, F, I, R]``."""
-    y = points[..., None, None]
-    if isinstance(leaf, Normal):  # the Gaussian integral in closed form
-        variance = params["scale"].square() + bandwidth**2
-        return 0.5 * torch.log(bandwidth**2 / variance) - (params["loc"] - y).square() / (2 * variance)
-    values, log_pmf = support_log_probs(leaf, params, points)
-    index = points.round().long()
-    if bool(((index.to(points.dtype) == points) & (index >= 0) & (index < len(values))).all()):
-        # points in the support (data, exact samples): a table of every component × support value, then a gather
+#: The most terms (components × support values × reference values) an exact RBF expectation over a finite-support
+#: family may sum (a Binomial(255) over 784 variables is far beyond: use the score estimator there).
+MAX_RBF_TERMS = 2**30
+
+
+class _RBFLeaves:
+    """``log E_component[exp(−(X − y)² / (2σ²))]`` of every leaf component, for reference entries ``y`` and any
+    bandwidth, summed into the leaf regions: the finite-support families' log-masses are computed once."""
+
+    def __init__(self, layer: LeafLayer, like: Tensor) -> None:
+        self.layer = layer
+        self.parts = [(params, features, None if isinstance(leaf, Normal) else support_log_probs(leaf, params, like))
+                      for leaf, params, features in families(layer)]
+
+    def regions(self, points: Tensor, bandwidth: float) -> Tensor:
+        """The leaf regions' log-expectations ``[M, R, L, I]`` for ``points [M, C, F]`` (model space; a NaN entry
+        marginalizes its variable: the factor is 1)."""
+        layer = self.layer
+        missing = torch.isnan(points)
+        safe = torch.where(missing, torch.zeros_like(points), points)
+        regions: Tensor | None = None  # [R, L, I, M] of the families contracted by a one-hot matmul
+        per_component: Tensor | None = None  # [M, C, F, I, R] of the others
+        for params, features, support in self.parts:
+            y = safe[:, :, features]
+            table = None if support is None else self._table(support, y, bandwidth)
+            if support is not None and table is not None:
+                # one-hot statistics of the points' support values times the table, summed into the slots
+                size = len(support[0])
+                one_hot = points.new_zeros(points.shape + (size,))
+                one_hot[:, :, features] = F.one_hot(y.round().long(), size).to(points.dtype)
+                one_hot = one_hot * (~missing)[..., None]
+                eta = table.new_zeros(table.shape[:1] + (layer.num_features,) + table.shape[2:])
+                eta[:, features] = table
+                part = layer.contract_slots(layer.data_slots(one_hot), layer.component_slots(eta))
+                regions = part if regions is None else regions + part
+                continue
+            values = self._family(params, y, bandwidth, support).masked_fill(missing[:, :, features, None, None], 0.0)
+            if per_component is None:
+                per_component = values.new_zeros(points.shape + values.shape[-2:])
+            per_component[:, :, features] = values
+        out = None if regions is None else regions.permute(3, 0, 1, 2)
+        if per_component is not None:
+            slots = layer.component_slots(per_component.sum(1).permute(1, 2, 3, 0)[None])  # [R, L, S, 1, I, M]
+            dense = slots.sum((2, 3)).permute(3, 0, 1, 2)
+            out = dense if out is None else out + dense
+        assert out is not None
+        return out
+
+    @staticmethod
+    def _table(support: tuple[Tensor, Tensor], y: Tensor, bandwidth: float) -> Tensor | None:
+        """``[C, F, I, R, V]``: every component's log-expectation at every support value, where every point lies in
+        the support and the table is no larger than the points' own expectations; else ``None``."""
+        values, log_pmf = support
+        index = y.round().long()
+        in_support = bool(((index.to(y.dtype) == y) & (index >= 0) & (index < len(values))).all())
+        if not in_support or len(values) > len(y):
+            return None
+        _check_terms(log_pmf, len(values))
         log_kernel = -(values[:, None] - values[None, :]).square() / (2 * bandwidth**2)  # [V (of X), V (of y)]
-        table = torch.logsumexp(log_pmf[..., :, None] + log_kernel, dim=-2)  # [C, F, I, R, V]
-        by_point = table.permute(0, 1, 4, 2, 3)  # [C, F, V, I, R]
-        num_components, num_repetitions = by_point.shape[3:]
-        gather = index.permute(1, 2, 0)[..., None, None].expand(-1, -1, -1, num_components, num_repetitions)
-        return torch.gather(by_point, 2, gather).permute(2, 0, 1, 3, 4)  # [M, C, F, I, R]
-    return torch.logsumexp(log_pmf - (values - y[..., None]).square() / (2 * bandwidth**2), dim=-1)
+        return torch.logsumexp(log_pmf[..., :, None] + log_kernel, dim=-2)
+
+    @staticmethod
+    def _family(params: Params, y: Tensor, bandwidth: float, support: tuple[Tensor, Tensor] | None) -> Tensor:
+        """``[M, C, F, I, R]`` for the points ``y [M, C, F]`` of one family."""
+        y = y[..., None, None]
+        if support is None:  # Normal: the Gaussian integral in closed form
+            variance = params["scale"].square() + bandwidth**2
+            return 0.5 * torch.log(bandwidth**2 / variance) - (params["loc"] - y).square() / (2 * variance)
+        values, log_pmf = support
+        _check_terms(log_pmf, len(y))
+        return torch.logsumexp(log_pmf - (values - y[..., None]).square() / (2 * bandwidth**2), dim=-1)
 
 
-def rbf_leaf_log_expectations(layer: LeafLayer, points: Tensor, bandwidth: float) -> Tensor:
-    """``log E[exp(−(X − y)² / (2σ²))]`` of every leaf component for every reference entry ``y``: ``points [M, C, F]``
-    (model space; a NaN entry marginalizes its variable: the factor is 1) → ``[M, C, F, I, R]``."""
-    missing = torch.isnan(points)
-    safe = torch.where(missing, torch.zeros_like(points), points)
-    log_values = per_family(layer, lambda leaf, params, features: _rbf_family(leaf, params, safe[:, :, features],
-                                                                               bandwidth), dim=2)
-    return log_values.masked_fill(missing[..., None, None], 0.0)
+def _check_terms(log_pmf: Tensor, num_points: int) -> None:
+    terms = log_pmf.numel() * num_points
+    if terms > MAX_RBF_TERMS:
+        raise ValueError(f"an exact RBF expectation over this leaf family would sum {terms:.3g} terms (more than "
+                         f"{MAX_RBF_TERMS:.3g}: the support is too large); use the score estimator")
 
 
-def upward_from_leaves(spn: RatSPN, leaf_log_values: Tensor) -> Tensor:
-    """The circuit's upward pass from per-component leaf log-values ``[M, F, I, R]`` (instead of the leaves'
-    densities of data): ``log Σ_T w_T Π_leaves value``, ``[M]``."""
-    slots = spn.leaf_layer.component_slots(leaf_log_values.permute(1, 2, 3, 0)[None])  # [R, L, S, 1, I, M]
-    ll = slots.sum((2, 3)).permute(3, 0, 1, 2)  # [M, R, L, I]
+def upward_from_regions(spn: RatSPN, leaf_regions: Tensor) -> Tensor:
+    """The circuit's upward pass from leaf-region log-values ``[M, R, L, I]``: ``[M]``."""
+    ll = leaf_regions
     for einsum in spn.einsum_layers:
         ll = einsum(ll)
     return spn.root(ll[:, :, 0, 0])
 
 
-def rbf_expectations(spn: RatSPN, points: Tensor, bandwidth: float) -> Tensor:
-    """``E_{x~p}[exp(−‖x − y_j‖² / (2σ²))]`` for every point ``y_j`` of ``points [M, *event_shape]``, ``[M]`` (a NaN
-    entry of ``y_j`` leaves its variable out of the kernel: marginalized)."""
-    leaf_log = rbf_leaf_log_expectations(spn.leaf_layer, spn.flatten_data(points), bandwidth)
-    return upward_from_leaves(spn, leaf_log.sum(1)).exp()
+def rbf_expectations(spn: RatSPN, points: Tensor, bandwidths: Sequence[float]) -> Tensor:
+    """``E_{x~p}[exp(−‖x − y_j‖² / (2σ²))]`` for every bandwidth ``σ`` and every point ``y_j`` of
+    ``points [M, *event_shape]``: ``[len(bandwidths), M]`` (a NaN entry of ``y_j`` leaves its variable out of the
+    kernel: marginalized). One upward pass per bandwidth from the leaves' exact expectations: closed forms for
+    Normal leaves; for finite supports, a table of every component's expectation at every support value, contracted
+    with the points' one-hot values in one matmul (or a sum over the support per point, for points outside it).
+    ``ValueError`` where a support is too large (:data:`MAX_RBF_TERMS`)."""
+    flat = spn.flatten_data(points)
+    leaves = _RBFLeaves(spn.leaf_layer, flat)
+    return torch.stack([upward_from_regions(spn, leaves.regions(flat, bandwidth)).exp() for bandwidth in bandwidths])
 
 
 # -- sums over the variables: one top-down pass of flows ------------------------------------------------------
@@ -145,8 +198,8 @@ def expected_statistics(spn: RatSPN, evidence: Tensor, statistic: Statistic,
     """
     variables = variables or slice(None)
     flows = posterior_flows(spn, evidence)[:, variables]  # [N, F', I, R]
-    # [C, F', I, R, K]
-    per_component = per_family(spn.leaf_layer, lambda leaf, params, _: statistic(leaf, params), 1, variables)
+    per_component = torch.cat([statistic(leaf, params) for leaf, params, _ in families(spn.leaf_layer, variables)],
+                              dim=1)  # [C, F', I, R, K]
     return torch.einsum("nfir,cfirk->ncfk", flows, per_component)
 
 
@@ -176,6 +229,5 @@ def bernoulli_log_terms(scale: float, eps: float) -> Statistic:
     return statistic
 
 
-__all__ = ["Statistic", "bernoulli_log_terms", "expected_statistics", "finite_support", "moments", "per_family",
-           "posterior_flows", "rbf_expectations", "rbf_leaf_log_expectations", "support_log_probs",
-           "upward_from_leaves"]
+__all__ = ["MAX_RBF_TERMS", "Statistic", "bernoulli_log_terms", "expected_statistics", "families", "finite_support",
+           "moments", "posterior_flows", "rbf_expectations", "support_log_probs", "upward_from_regions"]

@@ -8,7 +8,13 @@ import torch
 from conftest import all_states, spread_out
 
 from pyro_spn import RatSPN
-from pyro_spn.expectations import bernoulli_log_terms, expected_statistics, moments, posterior_flows, rbf_expectations
+from pyro_spn.expectations import (
+    bernoulli_log_terms,
+    expected_statistics,
+    moments,
+    posterior_flows,
+    rbf_expectations,
+)
 from pyro_spn.leaves import Bernoulli, Binomial, Categorical, Mixed, Normal
 
 DTYPE = torch.float64
@@ -139,8 +145,30 @@ def test_rbf_expectations_match_enumeration_and_reject_continuous_families_witho
     for points in (torch.tensor([[0.0, 2.0, 1.0, 1.0], [2.0, 2.0, 0.0, 1.0]], dtype=DTYPE),
                    torch.tensor([[0.5, 2.0, 1.0, -1.0], [2.0, 3.5, 0.25, 1.0]], dtype=DTYPE)):
         gram = torch.exp(-torch.cdist(states, points).square() / (2 * 0.9**2))
-        torch.testing.assert_close(rbf_expectations(spn, points, 0.9), spn(states).exp() @ gram, rtol=1e-10,
+        torch.testing.assert_close(rbf_expectations(spn, points, (0.9,))[0], spn(states).exp() @ gram, rtol=1e-10,
                                    atol=1e-12)
     normal = circuit(Normal(), seed=6)
     with pytest.raises(ValueError, match="finite support"):
         expected_statistics(normal, evidence_rows((0.0, 1.0)), bernoulli_log_terms(1.0, 1e-6))
+
+
+def test_rbf_expectations_of_mixed_leaves_with_missing_entries_match_enumeration_and_quadrature():
+    """A one-hot table contraction (the Binomial variables), a closed form (the Normal one) and NaN (marginalized)
+    entries in one circuit, against a sum over the discrete states and Simpson's rule over the real one."""
+    spn = circuit(Mixed([(Binomial(total_count=3), 3), (Normal(), 1)]), seed=7)
+    points = torch.tensor([[0.0, 3.0, 1.0, 0.4], [2.0, NAN, 1.0, -1.0], [1.0, 1.0, 2.0, NAN], [3.0, 0.0, 0.0, 1.5],
+                           [1.0, 2.0, 3.0, 0.0]], dtype=DTYPE)
+    bandwidths = (0.7, 2.5)
+    grid = torch.linspace(-14.0, 14.0, 1401, dtype=DTYPE)
+    weights = torch.ones(len(grid), dtype=DTYPE)
+    weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+    weights *= (grid[1] - grid[0]) / 3
+    discrete = all_states([(0.0, 1.0, 2.0, 3.0)] * 3)
+    states = torch.cat([discrete.repeat_interleave(len(grid), 0), grid.repeat(len(discrete))[:, None]], dim=1)
+    mass = spn(states).exp() * weights.repeat(len(discrete))
+    for index, bandwidth in enumerate(bandwidths):
+        observed = ~torch.isnan(points)
+        squared = ((states[:, None, :] - torch.nan_to_num(points)[None]) ** 2 * observed[None]).sum(-1)
+        want = mass @ torch.exp(-squared / (2 * bandwidth**2))
+        got = rbf_expectations(spn, points, bandwidths)[index]
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10)
