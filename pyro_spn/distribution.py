@@ -13,12 +13,21 @@ from typing import cast
 
 import torch
 from pyro.distributions import TorchDistribution
+from pyro.ops.provenance import detach_provenance, get_provenance, track_provenance
 from torch import Tensor
 from torch.distributions import constraints
 
-from . import checks
+from . import batching, checks, expectations
 from .sampling import INTERPOLATIONS, Interpolation, Rule, mpe, sample
 from .spn import RatSPN
+
+
+def _with_provenance(result: Tensor, provenance: frozenset) -> Tensor:
+    """``result`` carrying Pyro's ``provenance`` (the non-reparameterized sites ``TraceGraph_ELBO`` tracks) again.
+
+    A value that carries provenance is evaluated as a plain tensor: the circuit's custom autograd functions would
+    otherwise lose the gradient of every parameter below the root."""
+    return track_provenance(result, provenance) if provenance else result
 
 
 class _SPNShapes:
@@ -78,6 +87,34 @@ class _SPNShapes:
         batch = value.shape[: value.dim() - len(self.event_shape)]
         return value.reshape((-1,) + tuple(self.event_shape)), batch
 
+    # -- every batched computation runs in row chunks within the memory budget (pyro_spn.batching) --------------
+    def _anchor(self) -> Tensor:
+        """An empty tensor on the circuit's device (a checkpoint keeps that device's random state)."""
+        return self.spn.root.logits.detach()[:0]
+
+    def _records_graph(self, *tensors: Tensor | float | None) -> bool:
+        """Whether autograd records a computation of the circuit and ``tensors``."""
+        return batching.records_graph(*self.spn.parameters(), *tensors)
+
+    def _log_likelihood(self, flat: Tensor) -> Tensor:
+        """The circuit's log-likelihood ``[N]`` of ``flat`` ``[N, *event_shape]``, chunked."""
+        grad = self._records_graph(flat)
+        row_bytes = batching.upward_row_bytes(self.spn, grad=grad)
+        return cast(Tensor, batching.map_rows(lambda _, x: self.spn(x), flat.shape[0], row_bytes, [flat],
+                                              self._anchor(), checkpointed=grad))
+
+    def _sample_rows(self, num: int, rule: Rule, temperature: Tensor | float, interpolation: Interpolation,
+                     evidence: Tensor | None = None) -> Tensor:
+        """:func:`~pyro_spn.sampling.sample` of ``num`` rows ``[N, *event_shape]`` (given ``evidence``
+        ``[N, *event_shape]``), chunked."""
+        grad = self._records_graph(evidence, temperature)
+        row_bytes = batching.sampling_row_bytes(self.spn, rule, interpolation, evidence is not None, grad=grad)
+
+        def draw(rows: int, given: Tensor | None) -> Tensor:
+            return sample(self.spn, rows, rule, temperature, interpolation, evidence=given)
+
+        return cast(Tensor, batching.map_rows(draw, num, row_bytes, [evidence], self._anchor(), checkpointed=grad))
+
 
 class SPNDistribution(_SPNShapes, TorchDistribution):
     r"""A sum-product network as a Pyro distribution over its data, with a differentiable sampler.
@@ -105,6 +142,12 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         interpolation), which sample-based objectives (adversarial, MMD, auto-encoding) use. These are
         *not* samples of the circuit's distribution for ``τ > 0`` and may lie outside its support, so do
         not score them with ``log_prob``.
+
+    Any batch size runs: every batched method computes its rows in chunks whose working memory stays within the
+    memory budget of :mod:`pyro_spn.batching` (1 GiB unless ``$PYRO_SPN_MEMORY_BUDGET`` or
+    :func:`~pyro_spn.batching.memory_budget` says otherwise), checkpointing each chunk under autograd so that a
+    backward keeps only the chunks' outputs. Likelihoods and completions are the same; random draws have the same law
+    and are reproducible for the same seed and budget, but differ from an unchunked draw of that seed.
 
     Args:
         spn: the circuit.
@@ -168,16 +211,17 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         Returns:
             ``[*S, *batch_shape]``.
         """
+        provenance, value = get_provenance(value), detach_provenance(value)
         self._check_value(value, allow_nan=True)
         flat, batch = self._flat(value)
-        log_prob = self.spn(flat).reshape(batch)
-        return log_prob.expand(torch.broadcast_shapes(batch, self.batch_shape))
+        log_prob = self._log_likelihood(flat).reshape(batch)
+        return _with_provenance(log_prob.expand(torch.broadcast_shapes(batch, self.batch_shape)), provenance)
 
     # -- sampling ---------------------------------------------------------------------------------------
     def _draw(self, sample_shape: Sequence[int], rule: Rule, interpolation: Interpolation) -> Tensor:
         shape = self._samples_shape(self._extended_shape(checks.shape("sample_shape", sample_shape)))
         num = math.prod(shape[: len(shape) - len(self.event_shape)])
-        return sample(self.spn, num, rule, self.temperature, interpolation).reshape(shape)
+        return self._sample_rows(num, rule, self.temperature, interpolation).reshape(shape)
 
     def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
         """Exact samples ``[*sample_shape, *batch_shape, *event_shape]``, without gradient."""
@@ -194,6 +238,19 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         """The exact mean ``[*batch_shape, *event_shape]`` (one top-down pass of expectations)."""
         mean = sample(self.spn, 1, "expected")[0]
         return mean.expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> Tensor:
+        """The exact variance ``[*batch_shape, *event_shape]`` (posterior flows and the leaves' closed-form moments,
+        :func:`pyro_spn.expectations.variance`); ``stddev`` is its square root."""
+        return expectations.variance(self.spn).expand(self.batch_shape + self.event_shape)
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        """The exact covariance ``[*batch_shape, D, D]`` of the flattened event, ``D = prod(event_shape)`` (one upward
+        pass per pair; ``ValueError`` above :data:`~pyro_spn.expectations.MAX_COVARIANCE_VARIABLES` variables)."""
+        size = math.prod(self.event_shape)
+        return expectations.covariance(self.spn).expand(self.batch_shape + (size, size))
 
     # -- conditioning -----------------------------------------------------------------------------------
     def condition(self, evidence: Tensor) -> ConditionalSPNDistribution:
@@ -238,7 +295,10 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         """
         self._check_value(evidence, allow_nan=True, name="evidence", evidence=True)
         flat, batch = self._flat(evidence)
-        completion, value = mpe(self.spn, flat)
+        grad = self._records_graph(flat)
+        row_bytes = batching.sampling_row_bytes(self.spn, "argmax", "region", True, grad=grad)
+        completion, value = cast(tuple[Tensor, Tensor], batching.map_rows(
+            lambda _, x: mpe(self.spn, x), flat.shape[0], row_bytes, [flat], self._anchor(), checkpointed=grad))
         return completion.reshape(evidence.shape), value.reshape(batch)
 
 
@@ -274,7 +334,7 @@ class ConditionalSPNDistribution(_SPNShapes, TorchDistribution):
         self._samples_shape(self._extended_shape(sample_shape))
         flat, _ = self._flat(self.evidence)
         repeated = flat.expand(sample_shape + flat.shape).reshape((-1,) + tuple(self.event_shape))
-        draws = sample(self.spn, repeated.shape[0], rule, self.parent.temperature, interpolation, evidence=repeated)
+        draws = self._sample_rows(repeated.shape[0], rule, self.parent.temperature, interpolation, repeated)
         return draws.reshape(self._extended_shape(sample_shape))
 
     def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
@@ -289,17 +349,31 @@ class ConditionalSPNDistribution(_SPNShapes, TorchDistribution):
     def log_prob(self, value: Tensor) -> Tensor:
         """``log p(x_missing | x_observed)``, the missing entries read from ``value``
         ``[*S, *batch_shape, *event_shape]`` (its observed entries are ignored); returns ``[*S, *batch_shape]``."""
+        provenance, value = get_provenance(value), detach_provenance(value)
         self._check_value(value, allow_nan=False)
         evidence = self.evidence.expand(torch.broadcast_shapes(value.shape, self.evidence.shape))
         complete = torch.where(torch.isnan(evidence), value.expand_as(evidence), evidence)
         flat_complete, batch = self._flat(complete)
         flat_evidence, _ = self._flat(self.evidence)
-        joint = self.spn(flat_complete).reshape(batch)
-        marginal = self.spn(flat_evidence).reshape(self.batch_shape)
-        return joint - marginal
+        joint = self._log_likelihood(flat_complete).reshape(batch)
+        marginal = self._log_likelihood(flat_evidence).reshape(self.batch_shape)
+        return _with_provenance(joint - marginal, provenance)
 
     @property
     def mean(self) -> Tensor:
         """The exact conditional mean ``[*batch_shape, *event_shape]`` (observed entries unchanged)."""
         flat, _ = self._flat(self.evidence)
-        return sample(self.spn, flat.shape[0], "expected", evidence=flat).reshape(self.evidence.shape)
+        return self._sample_rows(flat.shape[0], "expected", 1.0, "unit", flat).reshape(self.evidence.shape)
+
+    @property
+    def variance(self) -> Tensor:
+        """The exact conditional variance ``[*batch_shape, *event_shape]`` (0 at observed entries)."""
+        flat, _ = self._flat(self.evidence)
+        return expectations.variance(self.spn, flat).reshape(self.evidence.shape)
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        """The exact conditional covariance ``[*batch_shape, D, D]`` (rows and columns of observed entries are 0)."""
+        flat, _ = self._flat(self.evidence)
+        size = math.prod(self.event_shape)
+        return expectations.covariance(self.spn, flat).reshape(self.batch_shape + (size, size))

@@ -397,8 +397,11 @@ class EinsumLayer(nn.Module):
 
         Returns:
             ``[N, R, L, K_out]``.
+
+        The scores ``[N, R, L, K_out, K_in²]`` are formed from a row-major copy of ``x`` (the leaf layer's output is a
+        batch-innermost view), so that the max runs over contiguous pairs: the same values, many times faster.
         """
-        scores = self.log_weights() + pair_log_likelihood(x)[:, :, :, None, :]
+        scores = self.log_weights() + pair_log_likelihood(x.contiguous())[:, :, :, None, :]
         return scores.amax(-1)
 
     def extra_repr(self) -> str:

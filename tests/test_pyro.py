@@ -424,3 +424,17 @@ def test_conditioned_distribution_is_normalized():
         observed = ~torch.isnan(ev)
         consistent = (all_binary(F)[:, observed] == ev[observed]).all(-1)
         assert torch.logsumexp(log_prob[consistent, b], 0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_log_prob_keeps_every_gradient_and_the_provenance_of_a_tracked_value():
+    from pyro.ops.provenance import get_provenance, track_provenance
+
+    spn = RatSPN((2,), depth=1, num_repetitions=2, num_sums=2, num_leaves=2, leaf=Normal())
+    d = SPNDistribution(spn)
+    value = torch.randn(4, 2)
+    tracked = d.log_prob(track_provenance(value, frozenset({"site"})))
+    assert get_provenance(tracked) == frozenset({"site"})
+    tracked.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in spn.parameters())
+    given = d.condition(torch.tensor([[0.5, float("nan")]]))
+    assert get_provenance(given.log_prob(track_provenance(value[:1], frozenset({"z"})))) == frozenset({"z"})
