@@ -13,11 +13,19 @@ Two kinds of functions have exact expectations under a smooth and decomposable c
   the decoder.
 
 Per leaf component, the expectations are closed forms for Normal leaves and finite sums over the support for
-Bernoulli, Binomial and Categorical leaves (:func:`support_log_probs`).
+Bernoulli, Binomial and Categorical leaves (:func:`support_log_probs`); the moments (:func:`moments`) are every
+family's closed-form mean and variance. Families without a finite support or a closed form (Poisson, Geometric and
+NegativeBinomial counts are unbounded; Gamma, Beta, LogNormal, ... are continuous) raise ``ValueError`` in the
+expectations that sum over the support (RBF kernels, :func:`bernoulli_log_terms`): those sums are not truncated.
+
+Moments of the circuit (:func:`mean`, :func:`variance`, :func:`covariance`), optionally given evidence, are exact:
+means and variances from the posterior flows, covariances from one upward pass per pair of variables (for small
+numbers of variables, :data:`MAX_COVARIANCE_VARIABLES`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -46,10 +54,13 @@ def finite_support(leaf: Leaf) -> Tensor | None:
 
 
 def support_log_probs(leaf: Leaf, params: Params, like: Tensor) -> tuple[Tensor, Tensor]:
-    """``(values [V], log pmf [C, F, I, R, V])`` of a finite-support family; ``ValueError`` for any other."""
+    """``(values [V], log pmf [C, F, I, R, V])`` of a finite-support family; ``ValueError`` for any other (unbounded
+    counts such as Poisson leaves are not truncated, continuous families have no support to sum over)."""
     values = finite_support(leaf)
     if values is None:
-        raise ValueError(f"this exact expectation needs leaves with a finite support or a closed form, got {leaf!r}")
+        kind = "an unbounded discrete" if leaf.support.is_discrete else "a continuous"
+        raise ValueError(f"this exact expectation sums over the leaves' support: it needs leaves with a finite support "
+                         f"(Bernoulli, Binomial, Categorical) or a closed form (Normal); {leaf!r} has {kind} support")
     values = values.to(device=like.device, dtype=like.dtype)
     return values, leaf.log_prob(values.view(-1, 1, 1, 1, 1), params).movedim(0, -1)
 
@@ -204,14 +215,9 @@ def expected_statistics(spn: RatSPN, evidence: Tensor, statistic: Statistic,
 
 
 def moments(leaf: Leaf, params: Params) -> Tensor:
-    """``[E X, E X²]`` of every component, ``[C, F, I, R, 2]``: closed forms for Normal, exact sums otherwise."""
-    if isinstance(leaf, Normal):
-        loc, scale = params["loc"], params["scale"]
-        return torch.stack([loc, loc.square() + scale.square()], dim=-1)
-    like = next(iter(params.values()))
-    values, log_pmf = support_log_probs(leaf, params, like if like.is_floating_point() else like.float())
-    pmf = log_pmf.exp()
-    return torch.stack([(pmf * values).sum(-1), (pmf * values.square()).sum(-1)], dim=-1)
+    """``[E X, E X²]`` of every component, ``[C, F, I, R, 2]``, from the family's closed-form mean and variance."""
+    mean, variance = leaf.mean(params), leaf.variance(params)
+    return torch.stack([mean, variance + mean.square()], dim=-1)
 
 
 def bernoulli_log_terms(scale: float, eps: float) -> Statistic:
@@ -229,5 +235,154 @@ def bernoulli_log_terms(scale: float, eps: float) -> Statistic:
     return statistic
 
 
-__all__ = ["MAX_RBF_TERMS", "Statistic", "bernoulli_log_terms", "expected_statistics", "families", "finite_support",
-           "moments", "posterior_flows", "rbf_expectations", "support_log_probs", "upward_from_regions"]
+# -- moments of the circuit ---------------------------------------------------------------------------------
+#: The most variables (``C · F``) :func:`covariance` accepts: it runs one upward pass per pair of variables.
+MAX_COVARIANCE_VARIABLES = 256
+#: The most leaf-region values ``(evidence rows · pairs · R · L · I)`` one chunk of :func:`covariance` holds.
+_COVARIANCE_CHUNK = 2**22
+
+
+def _evidence(spn: RatSPN, evidence: Tensor | None) -> Tensor:
+    """``evidence`` ``[N, *event_shape]`` (checked), or one all-NaN row for the unconditional moments."""
+    if evidence is None:
+        dtype = spn.root.logits.dtype
+        return torch.full((1,) + tuple(spn.event_shape), math.nan, dtype=dtype, device=spn.root.logits.device)
+    if evidence.dim() != 1 + len(spn.event_shape) or tuple(evidence.shape[1:]) != tuple(spn.event_shape):
+        raise ValueError(f"evidence: expected shape [N, {', '.join(map(str, spn.event_shape))}], "
+                         f"got {tuple(evidence.shape)}")
+    return evidence
+
+
+def component_moments(spn: RatSPN) -> tuple[Tensor, Tensor]:
+    """The mean and variance of every leaf component, each ``[C, F, I, R]`` (every family's closed forms, a
+    :class:`~pyro_spn.leaves.Mixed` leaf's per group)."""
+    parts = [(leaf.mean(params), leaf.variance(params)) for leaf, params, _ in families(spn.leaf_layer)]
+    shape = spn.leaf_layer.shape
+    means = torch.cat([m.expand((shape[0], m.shape[1]) + shape[2:]) for m, _ in parts], dim=1)
+    variances = torch.cat([v.expand((shape[0], v.shape[1]) + shape[2:]) for _, v in parts], dim=1)
+    return means, variances
+
+
+def _flow_moments(spn: RatSPN, evidence: Tensor) -> tuple[Tensor, Tensor]:
+    """``(E[X | e], Var[X | e])``, each ``[N, C, F]`` in model space, by the posterior flows: the mixture's mean
+    ``Σ q μ`` and variance ``Σ q σ² + Σ q (μ − m)²`` (a sum of non-negative terms, no cancellation); observed entries
+    have their value and variance 0."""
+    flows = posterior_flows(spn, evidence)  # [N, F, I, R]
+    means, variances = component_moments(spn)  # [C, F, I, R]
+    mean = torch.einsum("nfir,cfir->ncf", flows, means)
+    spread = (means - mean[..., None, None]).square()  # [N, C, F, I, R]
+    variance = torch.einsum("nfir,cfir->ncf", flows, variances) + torch.einsum("nfir,ncfir->ncf", flows, spread)
+    observed = spn.flatten_data(evidence)
+    is_observed = ~torch.isnan(observed)
+    mean = torch.where(is_observed, observed, mean)
+    variance = torch.where(is_observed, torch.zeros_like(variance), variance)
+    return mean, variance
+
+
+def mean(spn: RatSPN, evidence: Tensor | None = None) -> Tensor:
+    """The exact mean ``E[X | evidence]``: ``[*event_shape]`` without evidence, else ``[N, *event_shape]`` for
+    ``evidence [N, *event_shape]`` (NaN where a variable is free; observed entries keep their value)."""
+    rows = _evidence(spn, evidence)
+    out = spn.unflatten_data(_flow_moments(spn, rows)[0])
+    return out[0] if evidence is None else out
+
+
+def variance(spn: RatSPN, evidence: Tensor | None = None) -> Tensor:
+    """The exact variance ``Var[X_d | evidence]`` of every variable: ``[*event_shape]`` without evidence, else
+    ``[N, *event_shape]`` for ``evidence [N, *event_shape]`` (0 at observed entries).
+
+    From the posterior flows ``q`` of the leaf components (:func:`posterior_flows`) and every family's closed-form
+    mean ``μ`` and variance ``σ²``: ``Σ q σ² + Σ q (μ − m)²`` with ``m = Σ q μ``. Differentiable.
+    """
+    rows = _evidence(spn, evidence)
+    out = spn.unflatten_data(_flow_moments(spn, rows)[1])
+    return out[0] if evidence is None else out
+
+
+def covariance(spn: RatSPN, evidence: Tensor | None = None) -> Tensor:
+    """The exact covariance matrix of the flattened variables given the evidence: ``[D, D]`` without evidence, else
+    ``[N, D, D]`` for ``evidence [N, *event_shape]``, ``D = prod(event_shape)`` (row-major order of the event; rows
+    and columns of observed entries are 0).
+
+    ``E[X_a X_b]`` is a product over the variables, so it is the circuit's upward pass with the leaf components of
+    ``a`` and ``b`` replaced by their moments and every other variable marginalized (given the evidence: its
+    likelihood, divided by the evidence's). Log-space needs positive factors, so the variables are shifted by
+    constants ``c`` that make every component's ``E[X + c]`` positive:
+    ``Cov(X_a, X_b) = E[(X_a + c_a)(X_b + c_b)] − E[X_a + c_a] E[X_b + c_b]``, whose rounding is about
+    ``ε (|m| + c)²`` (``c`` is of the order of the components' spread: use a float64 circuit where covariances are
+    small against the means). One upward pass per pair, ``D (D + 1) / 2`` of them, batched in chunks. Differentiable.
+
+    Raises:
+        ValueError: ``D`` above :data:`MAX_COVARIANCE_VARIABLES`, or evidence of the wrong shape.
+    """
+    num_variables = math.prod(spn.event_shape)
+    if num_variables > MAX_COVARIANCE_VARIABLES:
+        raise ValueError(f"covariance: the circuit has {num_variables} variables, more than the "
+                         f"{MAX_COVARIANCE_VARIABLES} an exact covariance matrix is computed for (one upward pass per "
+                         f"pair); use variance() for the diagonal")
+    rows = _evidence(spn, evidence)
+    flat = spn.flatten_data(rows)  # [N, C, F]
+    means, variances = component_moments(spn)  # [C, F, I, R]
+    shift = _shifts(means, variances)  # [C, F]
+    first = (means + shift[..., None, None]).log()
+    second = (variances + (means + shift[..., None, None]).square()).log()
+    mean_rows = _flow_moments(spn, rows)[0] + shift  # [N, C, F]: E[X + c | e]
+    leaf_regions, _ = spn.leaf_layer.log_likelihood(flat)  # [N, R, L, I]
+    log_evidence = upward_from_regions(spn, leaf_regions)  # [N]
+    products = _pair_products(spn, leaf_regions, log_evidence, first, second)  # [N, D, D]
+    centered = mean_rows.flatten(1)
+    out = products - centered[:, :, None] * centered[:, None, :]
+    free = torch.isnan(flat.flatten(1))
+    out = torch.where(free[:, :, None] & free[:, None, :], out, torch.zeros_like(out))
+    return out[0] if evidence is None else out
+
+
+def _shifts(means: Tensor, variances: Tensor) -> Tensor:
+    """``c [C, F]``: ``−min μ`` plus the components' spread (the largest σ or range of ``μ``, at least 1 where both
+    vanish), so that every ``μ + c`` is positive and of the order of the spread."""
+    low, high = means.amin((2, 3)), means.amax((2, 3))
+    spread = torch.maximum(variances.amax((2, 3)).sqrt(), high - low)
+    spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    return (spread - low).detach()
+
+
+def _pair_products(spn: RatSPN, leaf_regions: Tensor, log_evidence: Tensor, first: Tensor, second: Tensor) -> Tensor:
+    """``E[(X_a + c_a)(X_b + c_b) | e]`` for every pair: ``[N, D, D]``.
+
+    Args:
+        leaf_regions: ``[N, R, L, I]``, the evidence's leaf-region log-likelihoods; log_evidence: ``[N]``, its
+            upward pass; first, second: ``[C, F, I, R]``, every component's ``log E[X + c]`` and ``log E[(X + c)²]``.
+    """
+    layer = spn.leaf_layer
+    channels, features = first.shape[:2]
+    num_variables = channels * features
+    region_of = layer.variable_region.T.repeat(channels, 1)  # [D, R]: the leaf region of each variable
+    components, repetitions = first.shape[2:]
+    first_rows = first.permute(0, 1, 3, 2).reshape(num_variables, repetitions, components)  # [D, R, I]
+    second_rows = second.permute(0, 1, 3, 2).reshape(num_variables, repetitions, components)
+    a, b = torch.triu_indices(num_variables, num_variables, device=first.device)
+    num_rows = leaf_regions.shape[0]
+    size = max(1, _COVARIANCE_CHUNK // max(1, num_rows * leaf_regions[0].numel()))
+    values = []
+    for start in range(0, len(a), size):
+        ca, cb = a[start:start + size], b[start:start + size]
+        diagonal = (ca == cb)[:, None, None]
+        delta_a = torch.where(diagonal, second_rows[ca], first_rows[ca])  # [Q, R, I]
+        delta_b = torch.where(diagonal, torch.zeros_like(delta_a), first_rows[cb])
+        regions = leaf_regions[:, None].expand(-1, len(ca), -1, -1, -1)  # [N, Q, R, L, I]
+        for index, delta in ((region_of[ca], delta_a), (region_of[cb], delta_b)):
+            shape = regions.shape[:3] + (1, regions.shape[4])
+            regions = regions.scatter_add(3, index[None, :, :, None, None].expand(shape),
+                                          delta[None, :, :, None].expand(shape))
+        log_values = upward_from_regions(spn, regions.reshape((-1,) + regions.shape[2:])).view(num_rows, -1)
+        values.append((log_values - log_evidence[:, None]).exp())
+    flat = torch.cat(values, dim=1)  # [N, D (D + 1) / 2]
+    out = flat.new_zeros(num_rows, num_variables, num_variables)
+    out = out.index_put((torch.arange(num_rows, device=flat.device)[:, None], a[None], b[None]), flat)
+    upper = out.triu(1)
+    return out + upper.transpose(1, 2)
+
+
+__all__ = ["MAX_COVARIANCE_VARIABLES", "MAX_RBF_TERMS", "Statistic", "bernoulli_log_terms", "component_moments",
+           "covariance", "expected_statistics", "families", "finite_support", "mean", "moments", "posterior_flows",
+           "rbf_expectations", "support_log_probs", "upward_from_regions", "variance"]

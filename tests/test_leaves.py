@@ -152,7 +152,8 @@ def test_config_round_trip(name):
 
 
 def test_leaf_from_config_rejects_bad_configs():
-    for config in ({"type": "poisson"}, {"type": "binomial"}, {"type": "binomial", "total_count": 0},
+    for config in ({"type": "nonexistent"}, {"type": "poisson", "rate": 1}, {"type": "binomial"},
+                   {"type": "binomial", "total_count": 0},
                    {"type": "normal", "scale": 1}, {"loc": 0}, "normal", {"type": "mixed", "groups": [[1]]}):
         with pytest.raises(ValueError):
             leaf_from_config(config)

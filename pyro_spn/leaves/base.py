@@ -43,6 +43,13 @@ def uniform(shape: torch.Size, like: Tensor) -> Tensor:
     return torch.rand(shape, dtype=like.dtype, device=like.device).clamp(tiny, 1.0 - 1e-7)
 
 
+def safe_log(x: Tensor) -> Tensor:
+    """``log x`` with ``x`` floored at the dtype's smallest normal number: finite at 0, the circuit's placeholder for
+    missing entries (multiplied by 0 afterwards) and the edge of the support of Gamma, Beta and LogNormal leaves,
+    whose density there is taken at ``0⁺``."""
+    return torch.log(x.clamp_min(torch.finfo(x.dtype).tiny))
+
+
 def straight_through(value: Tensor, relaxed: Tensor) -> Tensor:
     """``value`` forward (exactly), the gradient of ``relaxed`` backward."""
     return value + (relaxed - relaxed.detach())
@@ -144,6 +151,11 @@ class Leaf(abc.ABC):
     def mean(self, params: Params) -> Tensor:
         """The mean of each component, shape ``[*B]``."""
 
+    def variance(self, params: Params) -> Tensor:
+        """The variance of each component, shape ``[*B]`` (every built-in family has the exact closed form; the
+        default raises ``NotImplementedError``)."""
+        raise NotImplementedError(f"{type(self).__name__} leaves have no variance")
+
     def gaussian_relaxation(self, params: Params) -> tuple[Tensor, Tensor] | None:
         """``(μ, σ)``, each ``[*B]``, when every component's relaxed draw is exactly ``μ + σ ε`` with
         ``ε ~ N(0, 1)`` (then sums of relaxed draws have a closed form); ``None`` otherwise."""
@@ -157,13 +169,9 @@ class Leaf(abc.ABC):
         return {"type": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
 
 
-class LogitLeaf(Leaf):
-    """A family with one real parameter per component, ``logits``, and the identity as sufficient statistic
-    (``η = logits``): Bernoulli and Binomial. ``logits`` start at ``logit p`` with ``p ~ U(0.25, 0.75)``."""
-
-    @property
-    def num_statistics(self) -> int:
-        return 1
+class LogitParameters:
+    """One real, unconstrained parameter per component, ``logits``, starting at ``logit p`` with
+    ``p ~ U(0.25, 0.75)`` (Bernoulli, Binomial, Geometric, NegativeBinomial)."""
 
     def parameter_shapes(self, num_features: int) -> dict[str, tuple[int, tuple[int, ...]]]:
         return {"logits": (num_features, ())}
@@ -174,8 +182,47 @@ class LogitLeaf(Leaf):
     def constrain(self, raw: Params) -> Params:
         return {"logits": raw["logits"]}
 
+
+class LogitLeaf(LogitParameters, Leaf):
+    """A family with ``logits`` (:class:`LogitParameters`) and the identity as sufficient statistic
+    (``η = logits``): Bernoulli and Binomial."""
+
+    @property
+    def num_statistics(self) -> int:
+        return 1
+
     def natural_parameters(self, params: Params) -> Tensor:
         return params["logits"][..., None]
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return x[..., None]
+
+
+class CountLeaf(Leaf):
+    """A family of counts ``{0, 1, 2, …}`` with the identity as sufficient statistic (Poisson, Geometric,
+    NegativeBinomial). Differentiable draws use the Gaussian with the component's mean and variance,
+    ``μ + σ · ε`` (a relaxation: the draws are real numbers, and may be negative); coupled to an exact draw ``k``,
+    ``ε = (k − μ) / σ``, so that the straight-through gradient is that of the Gaussian at the same point, as for
+    :class:`~pyro_spn.leaves.Binomial`. The temperature is not used."""
+
+    @property
+    def num_statistics(self) -> int:
+        return 1
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return constraints.nonnegative_integer
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        return x[..., None]
+
+    def gaussian_relaxation(self, params: Params) -> tuple[Tensor, Tensor] | None:
+        """``(mean, std)``, the std floored at 1e-6 (before the square root, which keeps its slope finite)."""
+        return self.mean(params), self.variance(params).clamp_min(1e-12).sqrt()
+
+    def relaxed(self, params: Params, temperature: Tensor | float, value: Tensor | None = None) -> Tensor:
+        moments = self.gaussian_relaxation(params)
+        assert moments is not None
+        mean, std = moments
+        eps = torch.randn_like(mean) if value is None else ((value - mean) / std).detach()
+        return mean + std * eps

@@ -53,3 +53,7 @@ class Bernoulli(LogitLeaf):
 
     def mean(self, params: Params) -> Tensor:
         return torch.sigmoid(params["logits"])
+
+    def variance(self, params: Params) -> Tensor:
+        """``p (1 − p)``."""
+        return torch.sigmoid(params["logits"]) * torch.sigmoid(-params["logits"])

@@ -82,3 +82,8 @@ class Binomial(LogitLeaf):
 
     def mean(self, params: Params) -> Tensor:
         return self.total_count * torch.sigmoid(params["logits"])
+
+    def variance(self, params: Params) -> Tensor:
+        """``N p (1 − p)``."""
+        logits = params["logits"]
+        return self.total_count * torch.sigmoid(logits) * torch.sigmoid(-logits)

@@ -93,3 +93,10 @@ class Categorical(Leaf):
     def mean(self, params: Params) -> Tensor:
         probs = params["logits"].softmax(-1)
         return (probs * torch.arange(self.num_categories, dtype=probs.dtype, device=probs.device)).sum(-1)
+
+    def variance(self, params: Params) -> Tensor:
+        """``Σ_c p_c (c − mean)²`` of the category as a number."""
+        probs = params["logits"].softmax(-1)
+        values = torch.arange(self.num_categories, dtype=probs.dtype, device=probs.device)
+        mean = (probs * values).sum(-1, keepdim=True)
+        return (probs * (values - mean).square()).sum(-1)

@@ -208,6 +208,9 @@ class Mixed(Leaf):
     def mean(self, params: Params) -> Tensor:
         return self._per_group(params, lambda leaf, p, _: leaf.mean(p))
 
+    def variance(self, params: Params) -> Tensor:
+        return self._per_group(params, lambda leaf, p, _: leaf.variance(p))
+
     def gaussian_relaxation(self, params: Params) -> tuple[Tensor, Tensor] | None:
         moments = [leaf.gaussian_relaxation(self._group_params(params, g)) for g, leaf in enumerate(self.leaves)]
         if any(m is None for m in moments):

@@ -93,5 +93,8 @@ class Normal(Leaf):
 
     mean = mode
 
+    def variance(self, params: Params) -> Tensor:
+        return params["scale"].square().expand(torch.broadcast_shapes(params["loc"].shape, params["scale"].shape))
+
     def gaussian_relaxation(self, params: Params) -> tuple[Tensor, Tensor] | None:
         return params["loc"], params["scale"]
