@@ -245,7 +245,9 @@ class Interrupt(Exception):
     dict(objective="mmd", mmd_adversarial=True, temperature="learned"),
     dict(objective="adv", estimator="score"),
     dict(objective="mmd", mmd_adversarial=False, mmd_bandwidths="data", estimator="exact"),
-], ids=["adv-annealed", "mmd-learned", "adv-score", "mmd-exact"])
+    dict(optimizer="em"),
+    dict(objective="pae", optimizer="em", pretrain_epochs=1),
+], ids=["adv-annealed", "mmd-learned", "adv-score", "mmd-exact", "ll-em", "pae-em-pretrained"])
 def test_resume_is_bit_identical(tmp_path, monkeypatch, changes):
     Trainer(tiny(tmp_path, "straight", **changes), progress=False).fit()
 

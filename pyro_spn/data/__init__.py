@@ -3,9 +3,10 @@ per leaf type, and an HDF5 cache of decoded images.
 
 Modules: :mod:`.synthetic` (2-D sets and their exact densities), :mod:`.images` (decoding image files),
 :mod:`.preprocessing` (invertible maps to model space), :mod:`.cache` (HDF5), :mod:`.dataset` (the record),
-:mod:`.loading` (``load_dataset``).
+:mod:`.loading` (``load_dataset``), :mod:`.custom` (a user's data set from a path).
 """
 
+from .custom import CustomDataError, load_custom
 from .dataset import Dataset, DatasetNotFoundError, model_scale
 from .images import IMAGE_DATASETS
 from .loading import DATASETS, LEAVES, event_shape_of, load_dataset
@@ -19,6 +20,7 @@ __all__ = [
     "SYNTHETIC_DATASETS",
     "Binarize",
     "Counts",
+    "CustomDataError",
     "Dataset",
     "DatasetNotFoundError",
     "GaussianMixture2D",
@@ -26,6 +28,7 @@ __all__ = [
     "Preprocessing",
     "Standardize",
     "event_shape_of",
+    "load_custom",
     "load_dataset",
     "model_scale",
 ]

@@ -5,7 +5,9 @@ Splits:
 - synthetic sets: ``num_samples`` points (default 3000), split 80 / 10 / 10 at random;
 - digits (no official split): 80 / 10 / 10 at random (1437 / 180 / 180);
 - MNIST, SVHN, CIFAR-10: the official test split; validation is a random 10 % of the official train split;
-- CelebA: its official train / valid / test splits.
+- CelebA: its official train / valid / test splits;
+- a custom data set ``path:<path>`` (:mod:`.custom`: a folder of images, a ``.npy`` array or an HDF5 file):
+  80 / 10 / 10 at random.
 
 Every random choice is drawn from ``seed``; the same arguments give the same tensors.
 """
@@ -24,6 +26,7 @@ from .. import checks, folders
 from ..leaves import Normal, leaf_from_config
 from . import images
 from .cache import cache_path, read_cache, write_cache
+from .custom import event_shape_of_custom, is_custom, load_custom_by_name
 from .dataset import Dataset
 from .images import IMAGE_DATASETS, SPECS, RawSplit
 from .preprocessing import Binarize, Counts, Identity, Preprocessing, Standardize
@@ -41,7 +44,10 @@ VAL_FRACTION = TEST_FRACTION = 0.1
 
 
 def event_shape_of(name: str) -> tuple[int, ...]:
-    """The shape of one example of data set ``name`` (known without loading it)."""
+    """The shape of one example of data set ``name`` (known without loading it; a custom ``path:...`` set's from its
+    file, a folder's by reading its images)."""
+    if is_custom(name):
+        return event_shape_of_custom(name)
     checks.choice("name", name, DATASETS)
     return (2,) if name in SYNTHETIC_DATASETS else SPECS[name].event_shape
 
@@ -160,7 +166,10 @@ def load_dataset(name: str, *, leaf: str = "auto", root: str | os.PathLike | Non
     """Loads data set ``name``, split into train / validation / test and preprocessed for ``leaf``.
 
     Args:
-        name: one of ``DATASETS``: the 2-D sets ``SYNTHETIC_DATASETS`` or the image sets ``IMAGE_DATASETS``.
+        name: one of ``DATASETS``: the 2-D sets ``SYNTHETIC_DATASETS`` or the image sets ``IMAGE_DATASETS``; or
+            ``path:<path>`` for a user's data set (:mod:`pyro_spn.data.custom`: a folder of images, a ``.npy``
+            array, an HDF5 file, ``path:<file>#<dataset>`` naming one of its datasets; ``root``, ``download`` and
+            ``cache_dir`` do not apply).
         leaf: ``"binomial"`` (integer counts ``0..total_count``), ``"normal"`` (images: per-feature zero mean and
             unit variance on the train split; 2-D sets: raw coordinates), ``"bernoulli"`` (images binarized at
             half range) or ``"auto"``: binomial for images, normal for 2-D sets. 2-D sets accept only normal.
@@ -180,9 +189,12 @@ def load_dataset(name: str, *, leaf: str = "auto", root: str | os.PathLike | Non
 
     Raises:
         ValueError: an unknown ``name`` or ``leaf``, a leaf that does not fit the data, a bad ``seed`` or
-            ``num_samples``.
+            ``num_samples``; a custom data set that cannot be used (:class:`~pyro_spn.data.custom.CustomDataError`,
+            naming the path and the problem).
         DatasetNotFoundError: the files of an image set are missing and ``download`` is off (or failed).
     """
+    if is_custom(name):
+        return load_custom_by_name(name, leaf=leaf, seed=seed, num_samples=num_samples)
     leaf = _check_arguments(name, leaf, seed, num_samples)
     if name in SYNTHETIC_DATASETS:
         return _load_synthetic(name, seed, DEFAULT_NUM_SAMPLES if num_samples is None else num_samples)

@@ -1,21 +1,29 @@
 """The command line ``pyrospn-experiment`` (click): parses options into an :class:`ExperimentConfig` and runs it.
 
 A bad option prints one line ``Error: ...`` and exits with code 2; an interruption exits with code 130 (rerun
-the same command to continue).
+the same command to continue); a rank of a ``torchrun`` job whose peers stopped exits with code 1.
+
+Under ``torchrun`` every rank is a worker of the experiment (:class:`~pyro_spn.experiment.protocol.Experiment`); the
+ranks wait for each other between the phases for up to :data:`EXPERIMENT_TIMEOUT` (or ``PYRO_SPN_DIST_TIMEOUT``
+seconds).
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import click
 
-from ..command import CONTEXT, HANDLED, NON_NEGATIVE, POSITIVE_INT, OneLineErrors, failure, interrupted
+from ..command import CONTEXT, HANDLED, NON_NEGATIVE, POSITIVE_INT, Failure, OneLineErrors, failure, interrupted
+from ..train import distributed
 from .config import FEATURES, ExperimentConfig
 from .methods import METHODS
 from .protocol import Experiment
 
 _DEFAULTS = ExperimentConfig(output="")
+#: How long a rank waits for the others at the end of a phase (they may still be training their runs).
+EXPERIMENT_TIMEOUT = timedelta(days=7)
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -82,18 +90,24 @@ def experiment(output: str, datasets: str, methods: str, lrs: str, batch_sizes: 
     Examples:
       pyrospn-experiment --output runs/protocol --datasets digits --methods ll,adv,vae --jobs 2
       pyrospn-experiment --output runs/2d --datasets 2-moons,9-clusters --methods ll,adv,mmd,gan --seeds 5
+      torchrun --nproc_per_node 8 $(which pyrospn-experiment) --output runs/protocol --datasets digits
     """
     circuit = {name: options.pop(name) for name in ("depth", "num_repetitions", "num_sums", "num_leaves",
                                                      "max_batches_per_epoch")}
     given = {"data_root": data_root, **circuit}
     train = {"device": device, **{k: v for k, v in given.items() if v is not None}}
     try:
+        world = distributed.start(distributed.timeout_from_environment(EXPERIMENT_TIMEOUT))
         config = ExperimentConfig(output=output, datasets=_split(datasets), methods=_split(methods),
                                   lrs=_numbers("--lrs", lrs, float),
                                   batch_sizes=_numbers("--batch-sizes", batch_sizes, int), train=train, **options)
-        Experiment(config).run()
+        Experiment(config, world).run()
+        distributed.stop(world)
+    except distributed.DistributedError as error:
+        raise Failure(str(error), exit_code=1) from None
     except HANDLED as error:
         raise failure(error) from None
     except KeyboardInterrupt:
         raise interrupted("rerun the same command to continue") from None
-    click.echo(f"results written to {output}/summary.md and {output}/results.csv")
+    if world.is_main:
+        click.echo(f"results written to {output}/summary.md and {output}/results.csv")

@@ -15,6 +15,12 @@ Folder ``OUTPUT``::
 Runs already evaluated are skipped and interrupted runs resume from their last checkpoint (a run killed before its
 first checkpoint starts again: its files are replaced), so rerunning the same command after an interruption
 continues the protocol; the temporary files a killed process left are removed.
+
+Under ``torchrun`` (``pyrospn-experiment`` started on every rank of a job, :func:`pyro_spn.train.distributed.start`)
+each rank is a worker on the same folder (a file system all ranks share): the runs of a phase are dealt out by their
+place in the phase's list (run ``i`` to rank ``i mod world size``), so each is trained and evaluated exactly once;
+the ranks meet after each phase, and rank 0 alone writes ``experiment.json``, the feature extractors, the results
+and the figures.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from tqdm import tqdm
 from .. import atomic
 from ..data import IMAGE_DATASETS
 from ..train import NonFiniteLossError, TrainConfig, Trainer
+from ..train.distributed import SINGLE, World, barrier, decide_on_main
 from .config import ExperimentConfig, RunSpec, check_same
 from .evaluation import evaluate_run, feature_extractor
 from .figures import write_figures
@@ -96,34 +103,45 @@ def execute(task: Task) -> list[dict[str, Any]]:
 class Experiment:
     """Runs an :class:`ExperimentConfig`'s protocol in its folder (see the module docstring).
 
+    Args:
+        config: the experiment.
+        world: the ranks of a ``torchrun`` job sharing the experiment's runs (see the module docstring); one
+            process by default.
+
     Raises:
         ValueError: an invalid config, or a folder holding an experiment with another config.
     """
 
-    def __init__(self, config: ExperimentConfig) -> None:
+    def __init__(self, config: ExperimentConfig, world: World = SINGLE) -> None:
         self.config = config.validate()
         self.root = config.root
+        self.world = world
+        decide_on_main(world, self._prepare_folder)
+
+    def _prepare_folder(self) -> None:
+        """Checks the folder's experiment against the config, removes stale temporary files, writes the config."""
         saved = self.root / "experiment.json"
         if saved.is_file():
-            check_same(_read(saved, ExperimentConfig.from_json), config)
+            check_same(_read(saved, ExperimentConfig.from_json), self.config)
         self.root.mkdir(parents=True, exist_ok=True)
         for name in (saved.name, "results.csv", "summary.md", "samples.png", "densities.png", "features/*.pt"):
             atomic.remove_stale_temporaries(self.root / name)
-        atomic.write_json(saved, json.loads(config.to_json()))
+        atomic.write_json(saved, json.loads(self.config.to_json()))
 
     # -- phases ---------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         """The whole protocol: features, grid, selection, test runs. Returns every result row (also written
         to ``results.csv`` with ``summary.md`` and the figures)."""
-        self.prepare_features()
+        decide_on_main(self.world, self.prepare_features)
         grid_rows = self.execute([self._task(spec, ("val",)) for spec in self.config.plan_grid()], "grid search")
         selected = select(grid_rows, self.config)
         test_specs = [RunSpec(dataset, method, lr, batch_size, seed)
                       for (dataset, method), (lr, batch_size) in selected.items() for seed in range(self.config.seeds)]
         test_rows = self.execute([self._task(spec, ("test",)) for spec in test_specs], "test runs")
         rows = grid_rows + test_rows
-        write_results(self.root, rows, selected, self.config)
-        write_figures(self.root, selected, self.config)
+        if self.world.is_main:
+            write_results(self.root, rows, selected, self.config)
+            write_figures(self.root, selected, self.config)
         return rows
 
     def prepare_features(self) -> None:
@@ -136,17 +154,20 @@ class Experiment:
 
     def execute(self, tasks: Sequence[Task], description: str) -> list[dict[str, Any]]:
         """Executes ``tasks`` (``jobs`` at a time) with a progress bar; rows of runs evaluated before are read
-        back from their ``eval-<split>.json`` without running anything."""
+        back from their ``eval-<split>.json`` without running anything. Under ``torchrun`` this rank executes its
+        share of ``tasks`` (:func:`share`), waits for the other ranks, and returns the rows of all of them."""
+        world = self.world
+        mine = share(tasks, world)
         rows: list[dict[str, Any]] = []
         pending = []
-        for task in tasks:
+        for task in mine:
             done = [row for split in task.splits if (row := self._read_row(task, split)) is not None]
             if len(done) == len(task.splits):
                 rows.extend(done)
             else:
                 pending.append(task)
-        bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc=description, unit="run",
-                   disable=not (self.config.progress and _is_terminal()))
+        bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=description, unit="run",
+                   disable=not (self.config.progress and world.is_main and _is_terminal()))
         try:
             for task_rows in _map(execute, pending, self.config.jobs):
                 rows.extend(task_rows)
@@ -154,7 +175,10 @@ class Experiment:
                 bar.set_postfix_str(f"{task_rows[0]['dataset']}/{task_rows[0]['method']}")
         finally:
             bar.close()
-        return rows
+        if not world.distributed:
+            return rows
+        barrier(world, f"waiting for the other ranks' {description}")
+        return [self._finished_row(task, split) for task in tasks for split in task.splits]
 
     # -- helpers --------------------------------------------------------------------------------------
     def _features_cache(self, dataset: str) -> Path:
@@ -168,12 +192,27 @@ class Experiment:
                     self.config.features,
                     self.config.inception_weights, self.config.num_samples, threads)
 
+    def _finished_row(self, task: Task, split: str) -> dict[str, Any]:
+        """The row of a task some rank has finished; ``ValueError`` if its evaluation is missing (a folder the ranks
+        do not share)."""
+        row = self._read_row(task, split)
+        if row is None:
+            raise ValueError(f"{task.config.run_dir / f'eval-{split}.json'} is missing after every rank finished its "
+                             f"runs: the ranks must share the output folder")
+        return row
+
     @staticmethod
     def _read_row(task: Task, split: str) -> dict[str, Any] | None:
         path = task.config.run_dir / f"eval-{split}.json"
         if not path.is_file():
             return None
         return {**task.spec.row(), "split": split, **_read(path, _evaluation)}
+
+
+def share(tasks: Sequence[_T], world: World) -> list[_T]:
+    """This rank's tasks: those at places ``i`` with ``i mod world.size == world.rank`` (every task goes to exactly
+    one rank, whichever tasks are finished already)."""
+    return [task for number, task in enumerate(tasks) if number % world.size == world.rank]
 
 
 def _read(path: Path, parse: Callable[[str], _T]) -> _T:

@@ -2,7 +2,11 @@
 to :class:`~pyro_spn.train.Trainer` or :class:`~pyro_spn.train.sample.SavedRun`.
 
 A bad option value, a missing or corrupt file or missing data print one line ``Error: ...`` on stderr and
-exit with code 2; a non-finite loss exits with code 1; an interruption with code 130.
+exit with code 2; a non-finite loss exits with code 1, and so does a process of a ``torchrun`` job whose peers stopped
+(:class:`~pyro_spn.train.distributed.DistributedError`); an interruption exits with code 130.
+
+``pyrospn-train`` runs unchanged under ``torchrun``: it joins the process group the environment describes
+(:func:`pyro_spn.train.distributed.start`), and rank 0 alone writes the run folder and prints.
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ from ..command import (
     POSITIVE,
     POSITIVE_INT,
     SEED,
+    Failure,
     OneLineErrors,
     failure,
     interrupted,
 )
 from ..data import DATASETS
+from ..data.custom import custom_name
 from ..estimators import ESTIMATORS
 from ..objectives import OBJECTIVES
 from ..sampling import INTERPOLATIONS
 from ..temperature import KINDS as TEMPERATURES
-from .config import DEVICES, LEAVES, MMD_BANDWIDTHS, MODEL_DEFAULTS, MODELS, TrainConfig
+from . import distributed
+from .config import DEVICES, LEAVES, MMD_BANDWIDTHS, MODEL_DEFAULTS, MODELS, OPTIMIZERS, TrainConfig
 from .sample import SIDES, SavedRun, check_output, write_inpainting, write_samples
 from .trainer import Trainer
 
@@ -54,6 +61,10 @@ _MODEL_DEFAULTS = ", ".join(f"{model}: {objective}, {lr:g}" for model, (objectiv
                    "class-conditional generator and generative classifier; pictures show a row per class.")
 @click.option("--dataset", type=click.Choice(DATASETS), default=_DEFAULTS.dataset, show_default=True,
               help="Data set: a synthetic 2-D set or an image set (digits is bundled and needs no files).")
+@click.option("--data-path", default=None, metavar="PATH[#DATASET]",
+              help="Your own data instead of --dataset: a folder of PNG/JPEG images (one size; class subfolders give "
+                   "labels), an .npy array or an HDF5 file (#DATASET names one of its datasets); split 80/10/10 by "
+                   "--seed.")
 @click.option("--data-root", default=_DEFAULTS.data_root, type=click.Path(file_okay=False),
               show_default="data, with the HDF5 cache in ~/.cache/pyro_spn/data",
               help="Folder with the torchvision-format data files (and the HDF5 cache of decoded images).")
@@ -84,10 +95,15 @@ _MODEL_DEFAULTS = ", ".join(f"{model}: {objective}, {lr:g}" for model, (objectiv
                    "pae).")
 @click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=_DEFAULTS.interpolation,
               show_default=True, help="Soft selections per sum unit (the paper's) or per region (K times cheaper).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer, show_default=True,
+              help="adam: gradient steps; em: mini-batch EM for the likelihood (objective ll, or the --pretrain-epochs "
+                   "of any objective, then Adam).")
+@click.option("--em-step-size", type=click.FloatRange(0, 1, min_open=True), default=None,
+              show_default="(t + 2)^-0.6", help="A fixed EM step size (1: full EM on each batch).")
 @click.option("--lr", type=POSITIVE, default=None, show_default=f"the model's ({_MODEL_DEFAULTS})",
               help="Adam learning rate of the circuit or baseline (and a learned temperature).")
 @click.option("--batch-size", type=POSITIVE_INT, default=_DEFAULTS.batch_size, show_default=True,
-              help="Examples per mini-batch.")
+              help="Examples per mini-batch: the global batch, shared out among the processes of a torchrun job.")
 @click.option("--epochs", type=POSITIVE_INT, default=_DEFAULTS.epochs, show_default=True,
               help="Epochs in all (pre-training included); with --resume, more epochs extend the run.")
 @click.option("--seed", type=SEED, default=_DEFAULTS.seed, show_default=True,
@@ -146,8 +162,12 @@ def train(ctx: click.Context, resume: bool, progress: bool, **options: Any) -> N
       pyrospn-train --objective adv --dataset mnist --download --epochs 30 --output runs/adv-mnist
       pyrospn-train --model gan --dataset mnist --epochs 30 --output runs/gan-mnist   # the DCGAN baseline
       pyrospn-train --output runs/adv-mnist --resume   # continue after an interruption
+      pyrospn-train --optimizer em --epochs 10         # maximum likelihood by mini-batch EM
+      pyrospn-train --data-path my_images/ --output runs/mine      # your own data (images, .npy or HDF5)
+      torchrun --nproc_per_node 4 $(which pyrospn-train) --objective adv --dataset mnist --output runs/adv-mnist
     """
     try:
+        world = distributed.start()
         if resume:
             given = [name for name in ctx.params if name not in _RESUME_OPTIONS
                      and ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
@@ -159,15 +179,25 @@ def train(ctx: click.Context, resume: bool, progress: bool, **options: Any) -> N
             given_epochs = ctx.get_parameter_source("epochs") is not ParameterSource.DEFAULT
             given_device = ctx.get_parameter_source("device") is not ParameterSource.DEFAULT
             trainer = Trainer.resume(options["output"], device=options["device"] if given_device else None,
-                                     epochs=options["epochs"] if given_epochs else None, progress=progress)
+                                     epochs=options["epochs"] if given_epochs else None, progress=progress,
+                                     world=world)
         else:
-            trainer = Trainer(TrainConfig(**options), progress=progress)
+            data_path = options.pop("data_path")
+            if data_path is not None:
+                if ctx.get_parameter_source("dataset") is not ParameterSource.DEFAULT:
+                    raise click.UsageError("--data-path and --dataset exclude each other")
+                options["dataset"] = custom_name(data_path)
+            trainer = Trainer(TrainConfig(**options), progress=progress, world=world)
         trainer.fit()
+        distributed.stop(world)
+    except distributed.DistributedError as error:
+        raise Failure(str(error), exit_code=1) from None
     except HANDLED as error:
         raise failure(error) from None
     except KeyboardInterrupt:
         raise interrupted("continue from the last finished epoch with --resume") from None
-    click.echo(f"run written to {trainer.run_dir}")
+    if world.is_main:
+        click.echo(f"run written to {trainer.run_dir}")
 
 
 def _option_name(ctx: click.Context, name: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import checks
 from ..data import DATASETS, event_shape_of
 from ..data import LEAVES as DATA_LEAVES
+from ..data.custom import is_custom, safe_name
 from ..estimators import ESTIMATORS
 from ..objectives import OBJECTIVES
 from ..sampling import INTERPOLATIONS
@@ -25,6 +26,8 @@ LEAVES: tuple[str, ...] = ("auto", *DATA_LEAVES)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: The MMD kernels' bandwidths: σ ∈ {1, 2, 4, 8, 16} on the scaled data, or at the data's scale.
 MMD_BANDWIDTHS: tuple[str, ...] = ("fixed", "data")
+#: How the circuit's likelihood is maximized: Adam's gradient steps, or mini-batch EM (:mod:`pyro_spn.em`).
+OPTIMIZERS: tuple[str, ...] = ("adam", "em")
 #: The most latent variables a run may have (more than any data set has values).
 MAX_LATENT_DIM = 2**16
 #: Boolean fields of earlier versions of the config that chose straight-through (true) or soft (false) samples, now
@@ -46,7 +49,8 @@ class TrainConfig:
             :mod:`pyro_spn.nets.baselines`. Baselines ignore the temperature and ``interpolation``.
         objective: ``"ll"`` (maximum likelihood), ``"adv"`` (adversarial), ``"mmd"`` (maximum mean
             discrepancy) or ``"pae"`` (probabilistic auto-encoding).
-        dataset: a name of ``pyro_spn.data.DATASETS``.
+        dataset: a name of ``pyro_spn.data.DATASETS``, or ``path:<path>[#<dataset>]`` for your own data (a folder
+            of images, an ``.npy`` array or an HDF5 file; :mod:`pyro_spn.data.custom`).
         data_root: the folder holding (or receiving) the data files, and the HDF5 cache of decoded images
             (``<data_root>/cache``); ``None`` for ``data`` in the working folder, with the cache in the user's
             private cache folder (``~/.cache/pyro_spn/data``; see :func:`pyro_spn.data.load_dataset`).
@@ -65,6 +69,9 @@ class TrainConfig:
             ``"score"`` (exact samples and the score function, unbiased) or ``"exact"`` (no sampling: MMD with the
             fixed kernel, PAE). Baselines take ``"soft"`` (their own reparameterized samples).
         interpolation: ``"unit"`` (the paper's, every sum unit draws) or ``"region"`` (``K`` times cheaper).
+        optimizer: ``"adam"``, or ``"em"``: mini-batch EM (:class:`pyro_spn.em.EM`) for the likelihood epochs
+            (objective ``ll``, or the ``pretrain_epochs``; Adam trains the objective afterwards).
+        em_step_size: EM's fixed step size in ``(0, 1]``; ``None`` for the decaying ``(t + 2)^-0.6``.
         lr: the circuit's (or the baseline's) Adam learning rate; ``None`` for the model's (:data:`MODEL_DEFAULTS`).
         batch_size: examples per mini-batch.
         epochs: passes over the training split (pre-training epochs included).
@@ -106,6 +113,8 @@ class TrainConfig:
     tau_rate: float = 1.0
     estimator: str = "soft"
     interpolation: str = "unit"
+    optimizer: str = "adam"
+    em_step_size: float | None = None
     lr: float | None = None
     batch_size: int = 128
     epochs: int = 30
@@ -136,14 +145,16 @@ class TrainConfig:
         """The run folder: ``output``, or ``runs/<objective>-<dataset>-seed<seed>`` (a baseline's name instead of
         the objective for baselines)."""
         name = self.objective if self.model == "spn" else self.model
-        return Path(self.output if self.output is not None else f"runs/{name}-{self.dataset}-seed{self.seed}")
+        dataset = safe_name(self.dataset) if is_custom(self.dataset) else self.dataset
+        return Path(self.output if self.output is not None else f"runs/{name}-{dataset}-seed{self.seed}")
 
     def validate(self) -> TrainConfig:
         """Raises ``ValueError`` (``TypeError`` for a value of the wrong type) naming the first bad field and its
         accepted values; returns ``self``."""
         checks.choice("model", self.model, MODELS)
         checks.choice("objective", self.objective, OBJECTIVES)
-        checks.choice("dataset", self.dataset, DATASETS)
+        if not is_custom(self.dataset):
+            checks.choice("dataset", self.dataset, DATASETS)
         checks.choice("leaf", self.leaf, LEAVES)
         checks.choice("temperature", self.temperature, TEMPERATURES)
         checks.choice("interpolation", self.interpolation, INTERPOLATIONS)
@@ -184,6 +195,7 @@ class TrainConfig:
         if self.model != "spn":
             self._validate_baseline()
         self._validate_estimator()
+        self._validate_optimizer()
         if self.objective == "mmd" and self.mmd_adversarial and self.mmd_bandwidths != "fixed":
             raise ValueError("mmd_bandwidths must be fixed with the learned kernel (mmd_adversarial): the data's "
                              f"scale is not its features', got {self.mmd_bandwidths!r}")
@@ -200,6 +212,20 @@ class TrainConfig:
             where = f"model {self.model}" if self.model != "spn" else f"objective {self.objective}" + (
                 " with the learned kernel (mmd_adversarial)" if self.objective == "mmd" else "")
             raise ValueError(f"estimator must be one of {', '.join(accepted)} for {where}, got {self.estimator!r}")
+
+    def _validate_optimizer(self) -> None:
+        """EM (:mod:`pyro_spn.em`) maximizes a circuit's likelihood: objective ll, or the pre-training epochs."""
+        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.optimizer == "em":
+            if self.model != "spn":
+                raise ValueError(f"optimizer: 'em' fits circuits only, not model {self.model!r}")
+            if self.objective != "ll" and self.pretrain_epochs == 0:
+                raise ValueError("optimizer: 'em' maximizes the likelihood: use it with objective ll, or with "
+                                 "pretrain_epochs > 0 (EM pre-training, then Adam on the objective)")
+        if self.em_step_size is not None:
+            checks.positive("em_step_size", self.em_step_size)
+            if self.em_step_size > 1:
+                raise ValueError(f"em_step_size must be in (0, 1], got {self.em_step_size!r}")
 
     def _validate_baseline(self) -> None:
         """A baseline fixes its objective and has no circuit-only options."""

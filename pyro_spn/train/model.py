@@ -335,9 +335,13 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def _picture_log_density(self, x: Tensor) -> Tensor:
-        """:meth:`log_likelihood`, for the VAE with only ``PICTURE_IMPORTANCE`` importance samples."""
+        """:meth:`log_likelihood` of points ``x [M, 2]``, for the VAE with only ``PICTURE_IMPORTANCE`` importance
+        samples; for a circuit over more than two variables the exact marginal of the first two."""
         if isinstance(self.network, VAE):
             return self.network.log_prob(x.to(self.device), PICTURE_IMPORTANCE).cpu()
+        (size,) = self.info.event_shape
+        if size > 2:
+            x = torch.cat([x, x.new_full((x.shape[0], size - 2), float("nan"))], dim=1)
         return self.log_likelihood(x)
 
     @torch.no_grad()
@@ -346,7 +350,8 @@ class Model(nn.Module):
         """Images: a grid of samples (class-conditional circuits: a row per class). 2-D data: the density (the VAE's
         with ``PICTURE_IMPORTANCE`` importance samples; without a likelihood: a histogram of ``HISTOGRAM_SAMPLES``
         samples) with samples (red) and ``data`` (white, if given) as dots, over the range of ``data`` (or of the
-        samples). ``samples`` (model space) are drawn if not given; ``software`` names what wrote the picture."""
+        samples); data of more than two variables: the first two (a circuit's exact marginal), of one: no picture.
+        ``samples`` (model space) are drawn if not given; ``software`` names what wrote the picture."""
         if samples is None and self.class_conditional and self.info.num_classes is not None:
             classes = self.info.num_classes
             samples = self.sample_given(torch.arange(classes).repeat_interleave(classes))
@@ -355,8 +360,12 @@ class Model(nn.Module):
         if self.info.is_image:
             save_image_grid(preprocessing.inverse(samples), path, software)
             return
+        if samples.shape[-1] < 2:
+            return  # one variable: no picture
+        samples, data = samples[:, :2], None if data is None else data[:, :2]
         extent = samples if data is None else data
-        log_density = (self._picture_log_density if self.has_likelihood
-                       else histogram_log_density(self.sample(HISTOGRAM_SAMPLES, HISTOGRAM_SAMPLES), extent))
+        exact = self.has_likelihood and (self.info.event_shape == (2,) or not isinstance(self.network, VAE))
+        log_density = (self._picture_log_density if exact
+                       else histogram_log_density(self.sample(HISTOGRAM_SAMPLES, HISTOGRAM_SAMPLES)[:, :2], extent))
         save_density_picture(log_density, path, extent=extent, samples=samples,
                              data=None if data is None else data[:DENSITY_POINTS], software=software)

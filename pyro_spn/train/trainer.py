@@ -12,6 +12,10 @@ Run folder::
                                 generative network's state, a baseline's too)
     RUN/samples.h5              final samples: "samples" (data units), "model_samples" (model space)
 
+Under ``torchrun`` (a :class:`~.distributed.World` of several processes) every rank trains on its shard of each
+batch (``batch_size`` is the global batch), every optimizer's gradients are summed over the ranks before its step
+(:class:`~.distributed.GradientSync`), and rank 0 alone reads and writes the run folder (see ``docs/distributed.md``).
+
 A new run writes only into an empty (or new) folder, or with ``overwrite`` replaces the run files of the folder
 (:mod:`.run_folder`); every check (config, sizes, checkpoint, metrics log) comes before the first file is touched.
 """
@@ -34,6 +38,8 @@ from tqdm import tqdm
 
 from .. import atomic, checks
 from ..data import Dataset, load_dataset
+from ..em import EM
+from ..joint import JointSPN
 from ..objectives import Density, LikelihoodObjective
 from . import run_folder
 from .checkpoint import (
@@ -45,6 +51,18 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
+from .distributed import (
+    SINGLE,
+    GradientSync,
+    World,
+    all_reduce_sum,
+    all_sum,
+    barrier,
+    broadcast_state,
+    check_replicas,
+    decide_on_main,
+    optimizers_of,
+)
 from .model import DataInfo, Model, resolve_device
 from .records import append_metrics, metrics_until, write_hdf5, write_metrics
 
@@ -90,7 +108,9 @@ class Trainer:
 
     Args:
         config: the run.
-        progress: show a progress bar (only when stderr is a terminal).
+        progress: show a progress bar (only when stderr is a terminal, on rank 0).
+        world: the processes training the run together (:func:`~.distributed.start`); one by default. Rank 0 alone
+            checks and writes the run folder and reads the checkpoint, which it hands to the other ranks.
 
     Raises:
         ValueError: an invalid config or a circuit too large, an ``output`` that is not empty without ``resume``
@@ -100,54 +120,68 @@ class Trainer:
         CheckpointError: an unreadable checkpoint (a ``ValueError``).
     """
 
-    def __init__(self, config: TrainConfig, progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, progress: bool = True, world: World = SINGLE) -> None:
         self.config = config.validate()
         self.run_dir = config.run_dir
         self.progress = progress
+        self.world = world
         self.device = resolve_device(config.device)
         path = checkpoint_path(self.run_dir)
-        state = load_checkpoint(path, CHECKPOINT_KEYS) if config.resume else None
-        if state is not None:
-            with checkpoint_content(path):
-                saved = TrainConfig.from_json(state["config"]).validate()
-            _check_resumable(saved, config)
-        else:
-            run_folder.check_new_run(self.run_dir, config.overwrite)
+        state, saved_epochs = decide_on_main(world, lambda: _checked_start(config, path))
         _seed_everything(config.seed)
-        self.data: Dataset = load_dataset(config.dataset, leaf=config.leaf, root=config.data_root,
-                                          download=config.download, seed=config.seed)
+        self.data: Dataset = self._load_data()
         self.info = DataInfo.of(self.data)
         self.model = Model.build(config, self.info).to(self.device)
         assert config.lr is not None
         self.optimizer = torch.optim.Adam(self.model.trainable_parameters(), lr=config.lr, betas=self.model.adam_betas)
+        self.em = EM(self.model.spn, step_size=config.em_step_size) if config.optimizer == "em" else None
         self.epoch = 0  # finished epochs
         if state is not None:
             with checkpoint_content(path):
-                self._restore(state, saved.epochs)
+                self._restore(state, saved_epochs)
             if self.epoch > config.epochs:
                 raise ValueError(f"epochs must be >= the {self.epoch} epochs the checkpoint has finished, "
                                  f"got {config.epochs}")
-        metrics = metrics_until(self.run_dir / "metrics.jsonl", self.epoch) if state is not None else []
-        # Every check has passed: only now are files written.
-        run_folder.prepare(self.run_dir, overwrite=config.overwrite)
-        atomic.write_text(self.run_dir / "config.json", config.to_json() + "\n")
+        # Every check has passed: only now are files written (by rank 0 alone).
+        decide_on_main(world, lambda: self._prepare_folder(resumed=state is not None))
+        broadcast_state(world, [self.model])
+        self.sync = GradientSync(world)
+        for optimizer in (self.optimizer, *optimizers_of(self.model.objective)):
+            self.sync.attach(optimizer)
+
+    def _load_data(self) -> Dataset:
+        """The run's data set, read (and cached) by rank 0 first, then by the other ranks."""
+        config = self.config
+
+        def load() -> Dataset:
+            return load_dataset(config.dataset, leaf=config.leaf, root=config.data_root, download=config.download,
+                                seed=config.seed)
+
+        data = load() if self.world.is_main else None
+        barrier(self.world, "loading the data")
+        return load() if data is None else data
+
+    def _prepare_folder(self, resumed: bool) -> None:
+        """Prepares the run folder and writes the config and the metrics log (those of the checkpoint's epochs on
+        resume)."""
+        metrics = metrics_until(self.run_dir / "metrics.jsonl", self.epoch) if resumed else []
+        run_folder.prepare(self.run_dir, overwrite=self.config.overwrite)
+        atomic.write_text(self.run_dir / "config.json", self.config.to_json() + "\n")
         write_metrics(self.run_dir / "metrics.jsonl", metrics)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, device: str | None = None, epochs: int | None = None,
-               progress: bool = True) -> Trainer:
+               progress: bool = True, world: World = SINGLE) -> Trainer:
         """The trainer of the run in ``run_dir`` (the folder or its checkpoint file), continuing from its
-        checkpoint (optionally on another ``device`` or with more ``epochs``)."""
+        checkpoint (optionally on another ``device`` or with more ``epochs``); rank 0 reads the checkpoint."""
         path = checkpoint_path(run_dir)
-        state = load_checkpoint(path, ("config",))
-        with checkpoint_content(path):
-            config = TrainConfig.from_json(state["config"]).validate()
+        config = decide_on_main(world, lambda: _saved_config(path))
         changes: dict[str, Any] = {"resume": True, "overwrite": False, "output": str(path.parent)}
         if device is not None:
             changes["device"] = device
         if epochs is not None:
             changes["epochs"] = epochs
-        return cls(dataclasses.replace(config, **changes), progress)
+        return cls(dataclasses.replace(config, **changes), progress, world)
 
     # -- the loop -------------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
@@ -160,56 +194,94 @@ class Trainer:
         records = []
         for epoch in range(self.epoch, self.config.epochs):
             records.append(self._epoch(epoch))
-        self.write_final_samples()
+        if self.world.is_main:
+            self.write_final_samples()
         return records
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
         """Trains epoch ``epoch`` (0-based), validates, and writes its picture, metrics line and checkpoint."""
-        config, model = self.config, self.model
+        config, model, world = self.config, self.model, self.world
         start = time.perf_counter()
+        if world.distributed:  # each rank its own samples, the same whether or not the run was resumed
+            _seed_everything(world.seed(config.seed, epoch))
         model.temperature.step(epoch, config.epochs)
         pretraining = epoch < config.pretrain_epochs
         batches = epoch_batches(self.data.train.shape[0], config.batch_size, config.seed, epoch,
                                 config.max_batches_per_epoch)
         sums: dict[str, float] = defaultdict(float)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                   disable=not (self.progress and sys.stderr.isatty()))
+                   disable=not (self.progress and world.is_main and sys.stderr.isatty()))
         labels = self.data.train_labels
-        for number, index in enumerate(bar, start=1):
+        for number, batch in enumerate(bar, start=1):
+            index = world.shard(batch)
+            weight = self.sync.weight = index.shape[0] / batch.shape[0] if world.distributed else 1.0
             x = model.training_batch(self.data.train[index].to(self.device), None if labels is None else labels[index])
             tau = model.temperature()
-            d = model.distribution(tau)
-            metrics = {} if pretraining else model.objective.auxiliary_step(d, x)
-            loss = _LIKELIHOOD.loss(cast(Density, d), x) if pretraining else model.objective.loss(d, x)
-            loss_value = float(loss.detach())
+            metrics: dict[str, float] = {}
+            if self.em is not None and (pretraining or config.objective == "ll"):
+                loss_value = self._em_step(x)
+            else:
+                loss_value, metrics = self._gradient_step(x, tau, pretraining, weight)
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(epoch + 1, number, loss_value)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            for key, value in {"train_loss": loss_value, "temperature": float(tau.detach()), **metrics}.items():
+            local = {key: weight * value for key, value in metrics.items()}  # summed over the ranks below
+            for key, value in {"train_loss": loss_value, "temperature": float(tau.detach()), **local}.items():
                 sums[key] += value
             bar.set_postfix(loss=f"{loss_value:.4g}")
+        reduced = [key for key in sums if key not in ("train_loss", "temperature")]
+        sums.update(zip(reduced, all_sum(world, [sums[key] for key in reduced], "sharing the metrics"), strict=True))
         record = {"epoch": epoch + 1, "phase": "pretrain" if pretraining else "train",
                   **{key: value / len(batches) for key, value in sums.items()},
                   "val_nll": self.validation_nll(), "seconds": time.perf_counter() - start}
-        self.model.save_picture(self.run_dir / f"samples_epoch{epoch + 1:03d}.png", self.data.preprocessing,
-                                config.batch_size, data=None if self.info.is_image else self.data.val)
-        append_metrics(self.run_dir / "metrics.jsonl", record)
+        check_replicas(world, [model])
         self.epoch = epoch + 1
-        save_checkpoint(self._state(), checkpoint_path(self.run_dir))  # after the picture: its RNG state is next
-        if self.progress and sys.stderr.isatty():
+        if world.is_main:
+            self.model.save_picture(self.run_dir / f"samples_epoch{epoch + 1:03d}.png", self.data.preprocessing,
+                                    config.batch_size, data=None if self.info.is_image else self.data.val)
+            append_metrics(self.run_dir / "metrics.jsonl", record)
+            save_checkpoint(self._state(), checkpoint_path(self.run_dir))  # after the picture: its RNG state is next
+        if self.progress and world.is_main and sys.stderr.isatty():
             val_nll = "n/a" if record["val_nll"] is None else f"{record['val_nll']:.4g}"
             tqdm.write(f"epoch {record['epoch']}: train_loss {record['train_loss']:.4g}, "
                        f"val_nll {val_nll}, τ {record['temperature']:.3g}")
         return record
 
+    def _gradient_step(self, x: Tensor, tau: Tensor, pretraining: bool,
+                       weight: float) -> tuple[float, dict[str, float]]:
+        """One Adam step on the batch ``x`` (the objective's auxiliary step first); returns the loss of the global
+        batch (the same on every rank) and the objective's metrics."""
+        model, world = self.model, self.world
+        d = model.distribution(tau)
+        metrics = {} if pretraining else model.objective.auxiliary_step(d, x)
+        loss = _LIKELIHOOD.loss(cast(Density, d), x) if pretraining else model.objective.loss(d, x)
+        loss_value = float(loss.detach())
+        if world.distributed:
+            loss_value = all_sum(world, [weight * loss_value], "sharing the loss")[0]
+        if math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return loss_value, metrics
+
+    def _em_step(self, x: Tensor) -> float:
+        """One EM step on the batch ``x`` (a PAE circuit's latents enter as missing and are marginalized);
+        returns the global batch's negative log-likelihood per example before the update."""
+        assert self.em is not None
+        network = self.model.network
+        if isinstance(network, JointSPN) and not self.model.class_conditional:
+            x = network.join(x, None)
+        reduce = (lambda values: all_reduce_sum(self.world, values, "the EM statistics")) \
+            if self.world.distributed else None
+        return -self.em.step(x, reduce)
+
     # -- evaluation and outputs -----------------------------------------------------------------------
     def _batches(self, x: Tensor) -> Iterator[Tensor]:
+        """The batches of ``x`` (at most ``max_batches_per_epoch``) on the device: this rank's share of them."""
         for number, batch in enumerate(x.split(self.config.batch_size)):
             if self.config.max_batches_per_epoch is not None and number >= self.config.max_batches_per_epoch:
                 return
-            yield batch.to(self.device)
+            if number % self.world.size == self.world.rank:
+                yield batch.to(self.device)
 
     @torch.no_grad()
     def validation_nll(self) -> float | None:
@@ -218,10 +290,11 @@ class Trainer:
         bound of the NLL); ``None`` for a model without a likelihood."""
         if not self.model.has_likelihood:
             return None
-        total, count = 0.0, 0
+        total, count = 0.0, 0.0
         for x in self._batches(self.data.val):
             total -= float(self.model.log_likelihood(x).sum())
             count += x.shape[0]
+        total, count = all_sum(self.world, [total, count], "sharing the validation")
         return total / count
 
     def write_final_samples(self) -> None:
@@ -242,6 +315,7 @@ class Trainer:
             "objective": self.model.objective.state_dict(),
             "temperature": self.model.temperature.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "em": None if self.em is None else self.em.state_dict(),
             "rng": rng_state(cuda=self.device.type == "cuda"),
             "preprocessing": self.data.preprocessing.state_dict(),
             "data": self.info.state_dict(),
@@ -254,8 +328,30 @@ class Trainer:
         self.model.objective.load_state_dict(state["objective"])
         self.model.temperature.load_state_dict(state["temperature"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.em is not None and state.get("em") is not None:
+            self.em.load_state_dict(state["em"])
         self.epoch = epoch
         set_rng_state(state["rng"])
+
+
+def _checked_start(config: TrainConfig, path: Path) -> tuple[dict[str, Any] | None, int]:
+    """Checks that ``config`` may start (its run folder) or resume (the checkpoint ``path``, whose config must match);
+    returns the checkpoint's state (``None`` for a new run) and the number of epochs of its run."""
+    if not config.resume:
+        run_folder.check_new_run(config.run_dir, config.overwrite)
+        return None, 0
+    state = load_checkpoint(path, CHECKPOINT_KEYS)
+    with checkpoint_content(path):
+        saved = TrainConfig.from_json(state["config"]).validate()
+    _check_resumable(saved, config)
+    return state, saved.epochs
+
+
+def _saved_config(path: Path) -> TrainConfig:
+    """The validated config of the checkpoint ``path``."""
+    state = load_checkpoint(path, ("config",))
+    with checkpoint_content(path):
+        return TrainConfig.from_json(state["config"]).validate()
 
 
 def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
