@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from pyro_spn import RatSPN
 from pyro_spn.data import DATASETS, Dataset, load_dataset
+from pyro_spn.train.pictures import colormap
 
 __all__ = ["batches", "make_parser", "output_dir", "smoke_mode"]
 
@@ -110,3 +111,18 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def density_tile(log_density: Callable[[Tensor], Tensor], samples: Tensor | None, extent: float,
+                 size: int = 192) -> Tensor:
+    """An RGB heatmap ``[3, size, size]`` of ``exp(log_density)`` on ``[-extent, extent]²`` (y up), samples red."""
+    centers = (torch.arange(size) + 0.5) / size * 2 * extent - extent
+    ys, xs = torch.meshgrid(centers.flip(0), centers, indexing="ij")
+    with torch.no_grad():
+        log_p = log_density(torch.stack([xs.flatten(), ys.flatten()], 1)).reshape(size, size)
+    picture = colormap((log_p - log_p.max()).exp()).permute(2, 0, 1).contiguous()
+    if samples is not None:
+        cells = ((samples + extent) / (2 * extent) * size).floor().long()
+        cells = cells[((cells >= 0) & (cells < size)).all(1)]
+        picture[:, size - 1 - cells[:, 1], cells[:, 0]] = torch.tensor([1.0, 0.25, 0.25])[:, None]
+    return picture

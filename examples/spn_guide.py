@@ -42,10 +42,9 @@ from torchvision.utils import make_grid, save_image
 
 from pyro_spn import RatSPN, SPNDistribution
 from pyro_spn.leaves import Normal
-from pyro_spn.train.pictures import colormap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import output_dir, single_thread, smoke_mode  # noqa: E402
+from _common import density_tile, output_dir, single_thread, smoke_mode  # noqa: E402
 
 X_OBS = 4.0
 PRIOR_SCALE = 3.0
@@ -84,20 +83,6 @@ def train(guide, steps: int, lr: float, particles: int, seed: int) -> list[float
     svi = SVI(model, guide, Adam({"lr": lr}),
               Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=0))
     return [svi.step() for _ in range(steps)]
-
-
-def density_tile(log_density, samples: Tensor | None, size: int = 192) -> Tensor:
-    """An RGB heatmap ``[3, size, size]`` of ``exp(log_density)`` on ``[-EXTENT, EXTENT]²`` (y up), samples red."""
-    centers = (torch.arange(size) + 0.5) / size * 2 * EXTENT - EXTENT
-    ys, xs = torch.meshgrid(centers.flip(0), centers, indexing="ij")
-    with torch.no_grad():
-        log_p = log_density(torch.stack([xs.flatten(), ys.flatten()], 1)).reshape(size, size)
-    picture = colormap((log_p - log_p.max()).exp()).permute(2, 0, 1).contiguous()
-    if samples is not None:
-        cells = ((samples + EXTENT) / (2 * EXTENT) * size).floor().long()
-        cells = cells[((cells >= 0) & (cells < size)).all(1)]
-        picture[:, size - 1 - cells[:, 1], cells[:, 0]] = torch.tensor([1.0, 0.25, 0.25])[:, None]
-    return picture
 
 
 def main(args: list[str] | None = None) -> None:
@@ -144,9 +129,9 @@ def main(args: list[str] | None = None) -> None:
             loc, scale = auto._get_loc_and_scale("z")
             auto_dist = dist.Normal(loc.detach(), scale.detach()).to_event(1)
             auto_samples = auto_dist.sample((400,))
-        tiles = [density_tile(log_joint, None),
-                 density_tile(SPNDistribution(spn).log_prob, spn_samples),
-                 density_tile(auto_dist.log_prob, auto_samples)]
+        tiles = [density_tile(log_joint, None, EXTENT),
+                 density_tile(SPNDistribution(spn).log_prob, spn_samples, EXTENT),
+                 density_tile(auto_dist.log_prob, auto_samples, EXTENT)]
         picture = out / "posteriors.png"
         save_image(make_grid(torch.stack(tiles), nrow=3, padding=4, pad_value=1.0), picture)
 

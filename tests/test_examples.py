@@ -26,6 +26,7 @@ EXAMPLES: list[tuple[str, list[str]]] = [
     ("temperature_ablation.py", []),
     ("spn_guide.py", []),
     ("spn_prior_vae.py", []),
+    ("autospn_ring.py", []),
 ]
 
 
