@@ -43,13 +43,15 @@ def code_blocks(page: Path, language: str) -> list[str]:
 
 
 def command_lines(page: Path) -> list[list[str]]:
-    """The ``pyrospn-*`` command lines of the page's shell blocks, split into words (comments dropped)."""
+    """The ``pyrospn-*`` command lines of the page's shell blocks (continued lines joined), split into words from the
+    command on (comments dropped; also a command started by a launcher, ``torchrun ... $(which pyrospn-train) ...``)."""
     lines = []
     for block in code_blocks(page, "bash") + code_blocks(page, "console"):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
-            if words and words[0] in COMMANDS:
-                lines.append(words)
+            start = next((i for i, word in enumerate(words) if word.rstrip(")") in COMMANDS), None)
+            if start is not None:
+                lines.append([words[start].rstrip(")"), *words[start + 1:]])
     return lines
 
 
@@ -134,3 +136,21 @@ def test_sphinx_build_is_warning_free(tmp_path: Path) -> None:
     for page in ("index", "quickstart", "concepts", "objectives", "pyro", "cli", "api", "performance", "experiments",
                  "results"):
         assert (tmp_path / "html" / f"{page}.html").is_file(), page
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed")
+def test_make_frontier(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("make_frontier", DOCS / "make_frontier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    header = "dataset,method,split,error,nll,fid\n"
+    rows = ["digits,ll,test,,124,40", "digits,ll,test,,126,44", "digits,a,test,,123,38", "digits,b,test,,130,50",
+            "digits,c,test,,140,30", "digits,a,val,,1,1", "digits,d,test,boom,1,1", "2-moons,e,test,,1,"]
+    (tmp_path / "results.csv").write_text(header + "\n".join(rows) + "\n")
+    points = module.method_points(list(__import__("csv").DictReader((tmp_path / "results.csv").open())), "digits")
+    assert sorted(points) == ["a", "b", "c", "ll"] and points["ll"][0] == 125 and points["ll"][2] == 42
+    assert module.frontier(points) == ["a", "c"]  # ll and b are beaten on both by a
+    module.draw(tmp_path / "results.csv", tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no test rows"):
+        module.draw(tmp_path / "results.csv", tmp_path / "none.png", dataset="mnist")
