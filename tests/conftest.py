@@ -5,6 +5,7 @@ show), the enumeration of their states, and one goodness-of-fit test (Pearson's 
 from __future__ import annotations
 
 import itertools
+import shlex
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -104,3 +105,15 @@ def make_circuit() -> Callable[..., RatSPN]:
 def fit() -> Callable[[torch.Tensor, torch.Tensor], float]:
     """:func:`goodness_of_fit`: ``fit(counts, probs)`` is the p-value of the counts under the probabilities."""
     return goodness_of_fit
+
+
+def shell_commands(block: str, commands: Sequence[str]) -> list[list[str]]:
+    """The command lines of a shell ``block`` that run one of ``commands`` (continued lines joined, comments dropped),
+    split into words from the command on; also a command started by a launcher (``torchrun ... $(which CMD) ...``)."""
+    lines = []
+    for line in block.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        start = next((i for i, word in enumerate(words) if word.rstrip(")") in commands), None)
+        if start is not None:
+            lines.append([words[start].rstrip(")"), *words[start + 1:]])
+    return lines

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import shell_commands
 
 import pyro_spn
 from pyro_spn.experiment.cli import experiment
@@ -43,16 +44,9 @@ def code_blocks(page: Path, language: str) -> list[str]:
 
 
 def command_lines(page: Path) -> list[list[str]]:
-    """The ``pyrospn-*`` command lines of the page's shell blocks (continued lines joined), split into words from the
-    command on (comments dropped; also a command started by a launcher, ``torchrun ... $(which pyrospn-train) ...``)."""
-    lines = []
-    for block in code_blocks(page, "bash") + code_blocks(page, "console"):
-        for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
-            start = next((i for i, word in enumerate(words) if word.rstrip(")") in COMMANDS), None)
-            if start is not None:
-                lines.append([words[start].rstrip(")"), *words[start + 1:]])
-    return lines
+    """The ``pyrospn-*`` command lines of the page's shell blocks (:func:`conftest.shell_commands`)."""
+    return [words for block in code_blocks(page, "bash") + code_blocks(page, "console")
+            for words in shell_commands(block, COMMANDS)]
 
 
 def test_the_docs_have_code() -> None:

@@ -1,10 +1,10 @@
 """The README's code runs: every Python block, in order, in one namespace; every CLI line parses."""
 
 import re
-import shlex
 from pathlib import Path
 
 import torch
+from conftest import shell_commands
 
 from pyro_spn.experiment.cli import experiment
 from pyro_spn.train.cli import sample, train
@@ -28,8 +28,7 @@ def test_readme_python_blocks_run() -> None:
 
 
 def test_readme_command_lines_parse() -> None:
-    lines = [shlex.split(line, comments=True) for block in blocks("bash") for line in block.splitlines()]
-    lines = [words for words in lines if words and words[0] in COMMANDS]
+    lines = [words for block in blocks("bash") for words in shell_commands(block, COMMANDS)]
     assert len(lines) >= 3
     for words in lines:
         COMMANDS[words[0]].make_context(words[0], words[1:]).close()  # click.UsageError for a bad option
