@@ -126,3 +126,16 @@ def density_tile(log_density: Callable[[Tensor], Tensor], samples: Tensor | None
         cells = cells[((cells >= 0) & (cells < size)).all(1)]
         picture[:, size - 1 - cells[:, 1], cells[:, 0]] = torch.tensor([1.0, 0.25, 0.25])[:, None]
     return picture
+
+
+def svi_parser(description: str, output: str) -> argparse.ArgumentParser:
+    """The SVI examples' options: steps, learning rate, particles, evaluation particles, output, seed, smoke test."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=1000, help="SVI steps per guide")
+    parser.add_argument("--lr", type=float, default=0.01, help="initial Adam learning rate")
+    parser.add_argument("--particles", type=int, default=16, help="vectorized ELBO particles per step")
+    parser.add_argument("--eval-particles", type=int, default=20000, help="particles of the final ELBO estimates")
+    parser.add_argument("--output", default=output, help="folder for pictures and results")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny run (also on when CI is set)")
+    return parser

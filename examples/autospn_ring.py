@@ -19,7 +19,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -38,7 +37,7 @@ from torchvision.utils import make_grid, save_image
 from pyro_spn.infer import AutoSPN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import density_tile, output_dir, single_thread, smoke_mode  # noqa: E402
+from _common import density_tile, output_dir, single_thread, smoke_mode, svi_parser  # noqa: E402
 
 PRIOR_SCALE = 2.0
 RADIUS = 2.0  # the observed norm
@@ -94,14 +93,7 @@ def guide_distribution(guide: AutoGuide) -> dist.Distribution:
 
 
 def main(args: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1000, help="SVI steps per guide")
-    parser.add_argument("--lr", type=float, default=0.01, help="initial Adam learning rate")
-    parser.add_argument("--particles", type=int, default=16, help="vectorized ELBO particles per step")
-    parser.add_argument("--eval-particles", type=int, default=20000, help="particles of the final ELBO estimates")
-    parser.add_argument("--output", default="runs/examples/autospn_ring", help="folder for pictures and results")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--smoke-test", action="store_true", help="tiny run (also on when CI is set)")
+    parser = svi_parser(__doc__.split("\n\n")[0], "runs/examples/autospn_ring")
     options = parser.parse_args(args)
     smoke = smoke_mode(options)
     steps = 20 if smoke else options.steps

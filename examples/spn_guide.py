@@ -24,7 +24,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -44,7 +43,7 @@ from pyro_spn import RatSPN, SPNDistribution
 from pyro_spn.leaves import Normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import density_tile, output_dir, single_thread, smoke_mode  # noqa: E402
+from _common import density_tile, output_dir, single_thread, smoke_mode, svi_parser  # noqa: E402
 
 X_OBS = 4.0
 PRIOR_SCALE = 3.0
@@ -86,16 +85,9 @@ def train(guide, steps: int, lr: float, particles: int, seed: int) -> list[float
 
 
 def main(args: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1000, help="SVI steps per guide")
-    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
-    parser.add_argument("--particles", type=int, default=16, help="vectorized ELBO particles per step")
-    parser.add_argument("--eval-particles", type=int, default=20000, help="particles of the final ELBO estimate")
+    parser = svi_parser(__doc__.split("\n\n")[0], "runs/examples/spn_guide")
     parser.add_argument("--tau", type=float, default=0.5, help="Gumbel-Softmax temperature of the SPN guide")
     parser.add_argument("--components", type=int, default=4, help="leaf components per variable")
-    parser.add_argument("--output", default="runs/examples/spn_guide", help="folder for pictures and results")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--smoke-test", action="store_true", help="tiny run (also on when CI is set)")
     options = parser.parse_args(args)
     smoke = smoke_mode(options)
     steps = 100 if smoke else options.steps
