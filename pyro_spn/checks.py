@@ -8,6 +8,7 @@ what is accepted.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Collection, Sequence
@@ -210,3 +211,15 @@ def trainable_module(name: str, value: object) -> nn.Module:
     if not any(p.requires_grad for p in value.parameters()):
         raise ValueError(f"{name} must have trainable parameters")
     return value
+
+
+def json_object(text: str, prefix: str = "") -> dict:
+    """The JSON object ``text`` holds; ``ValueError`` (its message starting with ``prefix``) for malformed JSON or a
+    value that is not an object."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{prefix}not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix}expected a JSON object, got {type(values).__name__}")
+    return values

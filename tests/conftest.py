@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import shlex
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,11 @@ def shell_commands(block: str, commands: Sequence[str]) -> list[list[str]]:
         if start is not None:
             lines.append([words[start].rstrip(")"), *words[start + 1:]])
     return lines
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    """A copy of the run folder ``source`` (its files) at ``target``."""
+    target.mkdir()
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import copy_run
 
 from pyro_spn.experiment import Experiment, ExperimentConfig, RunSpec
 from pyro_spn.experiment import protocol as protocol_module
@@ -69,13 +70,6 @@ def finished_run(tmp_path_factory) -> Path:
     result = invoke(train, "--output", folder, *TINY, "--epochs", "2")
     assert result.exit_code == 0, result.output
     return folder
-
-
-def copy_run(source: Path, target: Path) -> Path:
-    target.mkdir()
-    for path in source.iterdir():
-        (target / path.name).write_bytes(path.read_bytes())
-    return target
 
 
 # -- sizes that cannot fit are refused up front ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import h5py
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import copy_run
 from PIL import Image
 
 import pyro_spn
@@ -52,13 +53,6 @@ def finished_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("finished") / "run"
     assert_ok(invoke(train, "--output", folder, *TINY, "--epochs", "2"))
     return folder
-
-
-def copy_run(source: Path, target: Path) -> Path:
-    target.mkdir()
-    for path in source.iterdir():
-        (target / path.name).write_bytes(path.read_bytes())
-    return target
 
 
 # -- a new run in a folder that holds files ----------------------------------------------------------------------

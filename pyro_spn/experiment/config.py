@@ -117,12 +117,7 @@ class ExperimentConfig:
         """The experiment :meth:`to_json` saved; ``ValueError`` for malformed JSON, a value that is not an object,
         unknown fields or a missing ``output`` (other missing fields take their defaults; the values are not
         validated: see :meth:`validate`)."""
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"not valid JSON ({error})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"expected a JSON object, got {type(values).__name__}")
+        values = checks.json_object(text)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -249,12 +249,7 @@ class TrainConfig:
     def from_json(cls, text: str) -> TrainConfig:
         """The config saved by :meth:`to_json`; ``ValueError`` for malformed JSON or unknown fields
         (missing fields take their defaults)."""
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config: not valid JSON ({error})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config: expected a JSON object, got {type(values).__name__}")
+        values = checks.json_object(text, "config: ")
         for flag in ESTIMATOR_FLAGS:
             if flag in values:
                 value = values.pop(flag)
