@@ -198,6 +198,18 @@ def sampling_row_bytes(spn: RatSPN, rule: Rule, interpolation: Interpolation, ev
     return _element_size(spn) * elements
 
 
+def amortized_row_bytes(spn: RatSPN, grad: bool = False) -> int:
+    """Estimated bytes per row that an amortized circuit (:mod:`pyro_spn.amortized`) adds to a pass: the row's flat
+    parameters and their constrained, normalized forms (a few ``[P]``), every component's log-density or draw
+    ``[C, F, I, R]`` and every layer's scores ``[R, L, K_out, K_in²]`` (all of them under autograd, else the
+    largest)."""
+    scores = [spn.num_repetitions * regions * outputs * inputs * inputs
+              for regions, inputs, outputs in _layer_shapes(spn)]
+    components = spn.num_channels * spn.num_features * spn.num_leaves * spn.num_repetitions
+    elements = 4 * spn.flat_parameter_size + 4 * components + (sum(scores) if grad else max(scores))
+    return _element_size(spn) * elements
+
+
 def _element_size(spn: RatSPN) -> int:
     return spn.root.logits.element_size()
 

@@ -13,116 +13,32 @@ from typing import cast
 
 import torch
 from pyro.distributions import TorchDistribution
-from pyro.ops.provenance import detach_provenance, get_provenance, track_provenance
+from pyro.ops.provenance import detach_provenance, get_provenance
 from torch import Tensor
 from torch.distributions import constraints
 
-from . import batching, checks, expectations
-from .sampling import INTERPOLATIONS, Interpolation, Rule, mpe, sample
+from . import checks, expectations
+from .conditional import ConditionalSPNDistribution
+from .rows import CircuitRows, flat_parameter_sets, with_provenance
+from .sampling import INTERPOLATIONS, Interpolation, Rule
 from .spn import RatSPN
 
 
-def _with_provenance(result: Tensor, provenance: frozenset) -> Tensor:
-    """``result`` carrying Pyro's ``provenance`` (the non-reparameterized sites ``TraceGraph_ELBO`` tracks) again.
-
-    A value that carries provenance is evaluated as a plain tensor: the circuit's custom autograd functions would
-    otherwise lose the gradient of every parameter below the root."""
-    return track_provenance(result, provenance) if provenance else result
-
-
-class _SPNShapes:
-    """Shape helpers shared by :class:`SPNDistribution` and :class:`ConditionalSPNDistribution`."""
-
-    spn: RatSPN
-    event_shape: torch.Size
-    batch_shape: torch.Size
-    _validate_args: bool
-
-    @property
-    def support(self) -> constraints.Constraint:
-        return constraints.independent(self.spn.leaf.support, len(self.spn.event_shape))
-
-    def _check_value(self, value: Tensor, allow_nan: bool, name: str = "value", evidence: bool = False) -> None:
-        """Raises ``TypeError`` naming the argument ``name`` for anything but a tensor of real values, ``ValueError``
-        for a wrong shape or (when validating) values outside the support; ``evidence`` may not be infinite (a value
-        of density zero, on which nothing can be conditioned)."""
-        checks.real_tensor(name, value)
-        event_dim = len(self.event_shape)
-        if value.dim() < event_dim or value.shape[value.dim() - event_dim:] != self.event_shape:
-            raise ValueError(
-                f"{name}: expected shape [..., {', '.join(map(str, self.event_shape))}] "
-                f"(event_shape {tuple(self.event_shape)}), got {tuple(value.shape)}"
-            )
-        try:
-            torch.broadcast_shapes(value.shape[: value.dim() - event_dim], self.batch_shape)
-        except RuntimeError as error:
-            raise ValueError(
-                f"{name}: batch dims {tuple(value.shape[: value.dim() - event_dim])} do not broadcast with "
-                f"batch_shape {tuple(self.batch_shape)}"
-            ) from error
-        if not self._validate_args:
-            return
-        missing = torch.isnan(value)
-        if missing.any() and not allow_nan:
-            raise ValueError(f"{name}: NaN entries are only allowed where missing data is expected")
-        if evidence:
-            checks.no_infinity(name, value)
-        inside = self.spn.leaf.support.check(torch.where(missing, torch.zeros_like(value), value))
-        if not bool(inside.all()):
-            bad = value[~inside].flatten()[:3].tolist()
-            raise ValueError(
-                f"{name}: entries outside the support {self.spn.leaf.support} (NaN marks a missing entry), "
-                f"e.g. {bad}"
-            )
-
-    def _samples_shape(self, shape: torch.Size) -> torch.Size:
-        """``shape``, the ``[*sample_shape, *batch_shape, *event_shape]`` of samples to draw, once checked to fit in
-        the circuit's device memory (``ValueError`` naming ``sample_shape`` otherwise)."""
-        logits = self.spn.root.logits
-        checks.allocatable("sample_shape", shape, logits.dtype, logits.device)
-        return shape
-
-    def _flat(self, value: Tensor) -> tuple[Tensor, torch.Size]:
-        """``[*B, *event_shape]`` → ``([prod(B), *event_shape], B)``."""
-        batch = value.shape[: value.dim() - len(self.event_shape)]
-        return value.reshape((-1,) + tuple(self.event_shape)), batch
-
-    # -- every batched computation runs in row chunks within the memory budget (pyro_spn.batching) --------------
-    def _anchor(self) -> Tensor:
-        """An empty tensor on the circuit's device (a checkpoint keeps that device's random state)."""
-        return self.spn.root.logits.detach()[:0]
-
-    def _records_graph(self, *tensors: Tensor | float | None) -> bool:
-        """Whether autograd records a computation of the circuit and ``tensors``."""
-        return batching.records_graph(*self.spn.parameters(), *tensors)
-
-    def _log_likelihood(self, flat: Tensor) -> Tensor:
-        """The circuit's log-likelihood ``[N]`` of ``flat`` ``[N, *event_shape]``, chunked."""
-        grad = self._records_graph(flat)
-        row_bytes = batching.upward_row_bytes(self.spn, grad=grad)
-        return cast(Tensor, batching.map_rows(lambda _, x: self.spn(x), flat.shape[0], row_bytes, [flat],
-                                              self._anchor(), checkpointed=grad))
-
-    def _sample_rows(self, num: int, rule: Rule, temperature: Tensor | float, interpolation: Interpolation,
-                     evidence: Tensor | None = None) -> Tensor:
-        """:func:`~pyro_spn.sampling.sample` of ``num`` rows ``[N, *event_shape]`` (given ``evidence``
-        ``[N, *event_shape]``), chunked."""
-        grad = self._records_graph(evidence, temperature)
-        row_bytes = batching.sampling_row_bytes(self.spn, rule, interpolation, evidence is not None, grad=grad)
-
-        def draw(rows: int, given: Tensor | None) -> Tensor:
-            return sample(self.spn, rows, rule, temperature, interpolation, evidence=given)
-
-        return cast(Tensor, batching.map_rows(draw, num, row_bytes, [evidence], self._anchor(), checkpointed=grad))
-
-
-class SPNDistribution(_SPNShapes, TorchDistribution):
+class SPNDistribution(CircuitRows, TorchDistribution):
     r"""A sum-product network as a Pyro distribution over its data, with a differentiable sampler.
 
     ``event_shape`` is the data shape the circuit was built for (``(F,)`` or ``(C, H, W)``);
     ``batch_shape`` is ``()`` unless :meth:`expand` ed (as ``pyro.plate`` does). The circuit's
     parameters are the distribution's parameters: train them with any loss, from ``log_prob`` (exact
     likelihood) or from ``rsample`` (samples).
+
+    **Amortized circuits.** With ``flat_parameters`` ``θ [*batch_shape, P]`` (``P`` =
+    ``spn.flat_parameter_size``; unconstrained, in the layout of :attr:`~pyro_spn.spn.RatSPN.flat_parameter_layout`,
+    e.g. the output of an ``nn.Linear``), every batch element is the circuit with its own parameters: a conditional
+    density ``p(y | x)``, an amortized guide ``q(z | x)`` or a decoder ``p(x | z)``. Every method works per batch
+    element, gradients flowing into ``θ`` (the circuit's own parameters are then unused); the passes are the batched
+    ones of :mod:`pyro_spn.amortized` (no loop over the batch) and sampling runs the reference paths of
+    :mod:`pyro_spn.sampling` (the fast ones share one parameter set).
 
     This distribution has the following properties:
 
@@ -151,6 +67,8 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
 
     Args:
         spn: the circuit.
+        flat_parameters: ``[*batch_shape, P]`` per-element parameters (amortized), or ``None`` (the circuit's own,
+            ``batch_shape == ()``).
         temperature: ``τ > 0``, a float or a scalar tensor (which may require grad: a learned
             temperature). It divides the perturbed logits; small ``τ`` → nearly one-hot selections.
         hard: straight-through (``True``) or soft (``False``) differentiable samples.
@@ -167,38 +85,56 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         [2] Jang, Gu, Poole: Categorical Reparameterization with Gumbel-Softmax.
     """
 
-    arg_constraints = {"temperature": constraints.positive}
     has_rsample = True
 
-    def __init__(self, spn: RatSPN, *, temperature: Tensor | float = 1.0, hard: bool = True,
-                 interpolation: Interpolation = "unit", validate_args: bool | None = None) -> None:
+    def __init__(self, spn: RatSPN, *, flat_parameters: Tensor | None = None, temperature: Tensor | float = 1.0,
+                 hard: bool = True, interpolation: Interpolation = "unit", validate_args: bool | None = None) -> None:
         if not isinstance(spn, RatSPN):
             raise TypeError(f"spn must be a pyro_spn.RatSPN, got {type(spn).__name__}")
         self.spn = spn
         self.temperature = checks.scalar_temperature("temperature", temperature)
         self.hard = checks.flag("hard", hard)
         self.interpolation = cast(Interpolation, checks.choice("interpolation", interpolation, INTERPOLATIONS))
-        super().__init__(torch.Size(), torch.Size(spn.event_shape), validate_args=validate_args)
+        self.flat_parameters = flat_parameters
+        self._sets = self._set_of = None
+        batch_shape = torch.Size()
+        if flat_parameters is not None:
+            self._sets, self._set_of = flat_parameter_sets(spn, flat_parameters)
+            batch_shape = flat_parameters.shape[:-1]
+        super().__init__(batch_shape, torch.Size(spn.event_shape), validate_args=validate_args)
+
+    @property
+    def arg_constraints(self) -> dict[str, constraints.Constraint]:
+        """``temperature`` positive; ``flat_parameters`` (amortized) real vectors."""
+        own: dict[str, constraints.Constraint] = {"temperature": constraints.positive}
+        return own if self.flat_parameters is None else {**own, "flat_parameters": constraints.real_vector}
 
     def expand(self, batch_shape: Sequence[int], _instance: SPNDistribution | None = None) -> SPNDistribution:
         new = self._get_checked_instance(SPNDistribution, _instance)
+        batch_shape = checks.shape("batch_shape", batch_shape)
         new.spn = self.spn
         new.temperature = self.temperature
         new.hard = self.hard
         new.interpolation = self.interpolation
-        super(SPNDistribution, new).__init__(checks.shape("batch_shape", batch_shape), self.event_shape,
-                                             validate_args=False)
+        new._sets = self._sets
+        new._set_of = None if self._set_of is None else self._set_of.expand(batch_shape)
+        new.flat_parameters = (None if self.flat_parameters is None
+                               else self.flat_parameters.expand(batch_shape + self.flat_parameters.shape[-1:]))
+        super(SPNDistribution, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
 
     @classmethod
     def infer_shapes(cls, spn: Sequence[int] = (),  # type: ignore[override]
-                     temperature: Sequence[int] = ()) -> tuple[torch.Size, torch.Size]:
+                     temperature: Sequence[int] = (),
+                     flat_parameters: Sequence[int] | None = None) -> tuple[torch.Size, torch.Size]:
         """``(batch_shape, event_shape)`` of an ``SPNDistribution`` whose circuit has
-        ``event_shape == spn`` (the circuit's shape stands in for the circuit): ``((), spn)``."""
+        ``event_shape == spn`` (the circuit's shape stands in for the circuit): ``((), spn)``, or
+        ``(flat_parameters[:-1], spn)`` for amortized parameters of shape ``flat_parameters``."""
         if tuple(temperature) != ():
             raise ValueError(f"temperature must be a scalar, got shape {tuple(temperature)}")
-        return torch.Size(), torch.Size(spn)
+        batch = torch.Size() if flat_parameters is None else torch.Size(flat_parameters)[:-1]
+        return batch, torch.Size(spn)
 
     # -- likelihood -------------------------------------------------------------------------------------
     def log_prob(self, value: Tensor) -> Tensor:
@@ -213,15 +149,16 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
         """
         provenance, value = get_provenance(value), detach_provenance(value)
         self._check_value(value, allow_nan=True)
-        flat, batch = self._flat(value)
-        log_prob = self._log_likelihood(flat).reshape(batch)
-        return _with_provenance(log_prob.expand(torch.broadcast_shapes(batch, self.batch_shape)), provenance)
+        flat, sets, batch = self._rows(value)
+        log_prob = self._log_likelihood(flat, sets).reshape(batch)
+        return with_provenance(log_prob.expand(torch.broadcast_shapes(batch, self.batch_shape)), provenance)
 
     # -- sampling ---------------------------------------------------------------------------------------
     def _draw(self, sample_shape: Sequence[int], rule: Rule, interpolation: Interpolation) -> Tensor:
         shape = self._samples_shape(self._extended_shape(checks.shape("sample_shape", sample_shape)))
-        num = math.prod(shape[: len(shape) - len(self.event_shape)])
-        return self._sample_rows(num, rule, self.temperature, interpolation).reshape(shape)
+        batch = shape[: len(shape) - len(self.event_shape)]
+        sets = self._sets_of(batch)
+        return self._sample_rows(math.prod(batch), rule, self.temperature, interpolation, sets=sets).reshape(shape)
 
     def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
         """Exact samples ``[*sample_shape, *batch_shape, *event_shape]``, without gradient."""
@@ -236,19 +173,29 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
     @property
     def mean(self) -> Tensor:
         """The exact mean ``[*batch_shape, *event_shape]`` (one top-down pass of expectations)."""
-        mean = sample(self.spn, 1, "expected")[0]
+        if self.amortized:
+            num, sets = math.prod(self.batch_shape), self._sets_of(self.batch_shape)
+            means = self._sample_rows(num, "expected", 1.0, "unit", sets=sets)
+            return means.reshape(self.batch_shape + self.event_shape)
+        mean = self._sample_rows(1, "expected", 1.0, "unit")[0]
         return mean.expand(self.batch_shape + self.event_shape)
 
     @property
     def variance(self) -> Tensor:
         """The exact variance ``[*batch_shape, *event_shape]`` (posterior flows and the leaves' closed-form moments,
         :func:`pyro_spn.expectations.variance`); ``stddev`` is its square root."""
+        if self.amortized:
+            unknown = torch.full(self.batch_shape + self.event_shape, math.nan, dtype=self.spn.root.logits.dtype,
+                                 device=self.spn.root.logits.device)
+            flat, sets, _ = self._rows(unknown)
+            return self._variance_rows(flat, cast(Tensor, sets)).reshape(unknown.shape)
         return expectations.variance(self.spn).expand(self.batch_shape + self.event_shape)
 
     @property
     def covariance_matrix(self) -> Tensor:
         """The exact covariance ``[*batch_shape, D, D]`` of the flattened event, ``D = prod(event_shape)`` (one upward
         pass per pair; ``ValueError`` above :data:`~pyro_spn.expectations.MAX_COVARIANCE_VARIABLES` variables)."""
+        self._no_amortized_covariance()
         size = math.prod(self.event_shape)
         return expectations.covariance(self.spn).expand(self.batch_shape + (size, size))
 
@@ -294,86 +241,6 @@ class SPNDistribution(_SPNShapes, TorchDistribution):
             ``(completion [*B, *event_shape], value [*B])``.
         """
         self._check_value(evidence, allow_nan=True, name="evidence", evidence=True)
-        flat, batch = self._flat(evidence)
-        grad = self._records_graph(flat)
-        row_bytes = batching.sampling_row_bytes(self.spn, "argmax", "region", True, grad=grad)
-        completion, value = cast(tuple[Tensor, Tensor], batching.map_rows(
-            lambda _, x: mpe(self.spn, x), flat.shape[0], row_bytes, [flat], self._anchor(), checkpointed=grad))
-        return completion.reshape(evidence.shape), value.reshape(batch)
-
-
-class ConditionalSPNDistribution(_SPNShapes, TorchDistribution):
-    """The distribution of the missing entries of ``evidence`` under an :class:`SPNDistribution`.
-
-    Values are complete data ``[*S, *batch_shape, *event_shape]``; the observed entries of the evidence
-    are fixed. Create it with :meth:`SPNDistribution.condition`.
-
-    Every sum node's choice is drawn from its posterior given the evidence (``∝ w · child likelihood``),
-    the repetition mixing included; the sampling rule (straight-through or soft, temperature,
-    interpolation) is the parent's.
-    """
-
-    arg_constraints: dict = {}
-    has_rsample = True
-
-    def __init__(self, parent: SPNDistribution, evidence: Tensor, validate_args: bool | None = None) -> None:
-        self.parent = parent
-        self.spn = parent.spn
-        self.evidence = evidence
-        event_dim = len(parent.event_shape)
-        batch_shape = evidence.shape[: evidence.dim() - event_dim]
-        super().__init__(batch_shape, parent.event_shape,
-                         validate_args=parent._validate_args if validate_args is None else validate_args)
-
-    def expand(self, batch_shape: Sequence[int], _instance=None) -> ConditionalSPNDistribution:
-        evidence = self.evidence.expand(checks.shape("batch_shape", batch_shape) + self.event_shape)
-        return ConditionalSPNDistribution(self.parent, evidence, validate_args=self._validate_args)
-
-    def _draw(self, sample_shape: Sequence[int], rule: Rule, interpolation: Interpolation) -> Tensor:
-        sample_shape = checks.shape("sample_shape", sample_shape)
-        self._samples_shape(self._extended_shape(sample_shape))
-        flat, _ = self._flat(self.evidence)
-        repeated = flat.expand(sample_shape + flat.shape).reshape((-1,) + tuple(self.event_shape))
-        draws = self._sample_rows(repeated.shape[0], rule, self.parent.temperature, interpolation, repeated)
-        return draws.reshape(self._extended_shape(sample_shape))
-
-    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
-        """Exact conditional samples ``[*sample_shape, *batch_shape, *event_shape]``, no gradient."""
-        with torch.no_grad():
-            return self._draw(sample_shape, "exact", "region")
-
-    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:
-        """Differentiable conditional samples (the parent's ``hard`` and ``interpolation``)."""
-        return self._draw(sample_shape, "straight_through" if self.parent.hard else "soft", self.parent.interpolation)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        """``log p(x_missing | x_observed)``, the missing entries read from ``value``
-        ``[*S, *batch_shape, *event_shape]`` (its observed entries are ignored); returns ``[*S, *batch_shape]``."""
-        provenance, value = get_provenance(value), detach_provenance(value)
-        self._check_value(value, allow_nan=False)
-        evidence = self.evidence.expand(torch.broadcast_shapes(value.shape, self.evidence.shape))
-        complete = torch.where(torch.isnan(evidence), value.expand_as(evidence), evidence)
-        flat_complete, batch = self._flat(complete)
-        flat_evidence, _ = self._flat(self.evidence)
-        joint = self._log_likelihood(flat_complete).reshape(batch)
-        marginal = self._log_likelihood(flat_evidence).reshape(self.batch_shape)
-        return _with_provenance(joint - marginal, provenance)
-
-    @property
-    def mean(self) -> Tensor:
-        """The exact conditional mean ``[*batch_shape, *event_shape]`` (observed entries unchanged)."""
-        flat, _ = self._flat(self.evidence)
-        return self._sample_rows(flat.shape[0], "expected", 1.0, "unit", flat).reshape(self.evidence.shape)
-
-    @property
-    def variance(self) -> Tensor:
-        """The exact conditional variance ``[*batch_shape, *event_shape]`` (0 at observed entries)."""
-        flat, _ = self._flat(self.evidence)
-        return expectations.variance(self.spn, flat).reshape(self.evidence.shape)
-
-    @property
-    def covariance_matrix(self) -> Tensor:
-        """The exact conditional covariance ``[*batch_shape, D, D]`` (rows and columns of observed entries are 0)."""
-        flat, _ = self._flat(self.evidence)
-        size = math.prod(self.event_shape)
-        return expectations.covariance(self.spn, flat).reshape(self.batch_shape + (size, size))
+        flat, sets, batch = self._rows(evidence)
+        completion, value = self._mpe_rows(flat, sets)
+        return completion.reshape(batch + self.event_shape), value.reshape(batch)

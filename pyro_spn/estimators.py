@@ -60,19 +60,31 @@ class RBFKernel:
         self.bandwidth = checks.positive("bandwidth", bandwidth)
 
     def __call__(self, x: Tensor) -> Tensor:
-        """``[n, *event_shape]`` → ``[n]``."""
-        squared = torch.cdist(x.flatten(1).to(self.points.dtype), self.points.flatten(1)).square()
-        return torch.exp(-squared / (2 * self.bandwidth**2)).mean(1)
+        """``[*n, *event_shape]`` → ``[*n]`` (``n`` any batch dims, e.g. ``[samples, *batch_shape]``)."""
+        event_dim = self.points.dim() - 1
+        batch = x.shape[: x.dim() - event_dim]
+        flat = x.reshape(-1, self.points[0].numel()).to(self.points.dtype)
+        squared = torch.cdist(flat, self.points.flatten(1)).square()
+        return torch.exp(-squared / (2 * self.bandwidth**2)).mean(1).reshape(batch)
 
     def expected(self, distribution: Circuit) -> Tensor:
-        """``E_{x~p}[k(x, y_j)]`` for every reference point, ``[M]``, exactly (one upward pass; a joint circuit's
-        extras are marginalized)."""
+        """``E_{x~p}[k(x, y_j)]`` for every reference point, ``[*batch_shape, M]``, exactly (one upward pass; a joint
+        circuit's extras are marginalized; an amortized circuit's per batch element)."""
         return circuit_rbf_expectations(distribution, self.points, (self.bandwidth,))[0]
+
+
+def _points_per_element(distribution: SPNDistribution, points: Tensor) -> Tensor:
+    """``points [M, *event_shape]`` as ``[M, 1, …, 1, *event_shape]``, to broadcast with the batch shape."""
+    return points.reshape((points.shape[0],) + (1,) * len(distribution.batch_shape) + points.shape[1:])
 
 
 def circuit_rbf_expectations(distribution: Circuit, points: Tensor, bandwidths: Sequence[float]) -> Tensor:
     """:func:`~pyro_spn.expectations.rbf_expectations` under a circuit's distribution (a joint circuit's extras
-    marginalized): ``[len(bandwidths), M]`` for ``points [M, *event_shape]``."""
+    marginalized): ``[len(bandwidths), M]`` for ``points [M, *event_shape]``; ``[len(bandwidths), *batch_shape, M]``
+    for an amortized circuit (every point under every batch element)."""
+    if isinstance(distribution, SPNDistribution) and distribution.amortized:
+        expected = distribution._rbf_expectations(_points_per_element(distribution, points), bandwidths)
+        return expected.movedim(1, -1)
     if isinstance(distribution, MarginalSPNDistribution):
         joint = distribution.circuit
         return rbf_expectations(joint.spn, joint.join(points, None, x_name="points"), bandwidths)
@@ -94,7 +106,8 @@ def with_rule(d: object, estimator: Estimator) -> object:
     GAN generator) as it is, its own reparameterized samples."""
     hard = estimator == "straight_through"
     if isinstance(d, SPNDistribution):
-        return SPNDistribution(d.spn, temperature=d.temperature, hard=hard, interpolation=d.interpolation)
+        return SPNDistribution(d.spn, flat_parameters=d.flat_parameters, temperature=d.temperature, hard=hard,
+                               interpolation=d.interpolation)
     if isinstance(d, MarginalSPNDistribution):
         return d.circuit.distribution(temperature=d.joint.temperature, hard=hard, interpolation=d.joint.interpolation)
     return d
@@ -140,7 +153,9 @@ def expectation(distribution: object, f: Callable[[Tensor], Tensor], num_samples
         distribution: the circuit's distribution, or a joint circuit's data marginal (its temperature and
             interpolation serve the relaxed estimators); with ``"soft"`` also any model with reparameterized samples
             (``rsample``, e.g. a GAN generator).
-        f: ``[n, *event_shape]`` → ``[n]``; for ``"exact"`` an :class:`RBFKernel`.
+        f: ``[n, *batch_shape, *event_shape]`` → ``[n, *batch_shape]`` (``batch_shape`` is ``()`` but for an
+            amortized circuit, whose estimate is then the mean over its batch elements); for ``"exact"`` an
+            :class:`RBFKernel`.
         num_samples: ``n`` samples (ignored by ``"exact"``).
         estimator: ``"soft"``, ``"straight_through"``, ``"score"`` or ``"exact"``.
         baseline: the score estimator's baseline, ``"leave_one_out"`` or ``"none"``.
@@ -164,7 +179,7 @@ def expectation(distribution: object, f: Callable[[Tensor], Tensor], num_samples
         return f(cast(SPNDistribution, with_rule(circuit, estimator)).rsample((n,))).mean()
     with torch.no_grad():
         x = circuit.sample((n,))
-    return score_surrogate(f(x), circuit.log_prob(x), baseline)
+    return score_surrogate(f(x).movedim(0, -1), circuit.log_prob(x).movedim(0, -1), baseline)
 
 
 def rbf_mmd2(distribution: Circuit, data: Tensor, bandwidths: tuple[float, ...],
@@ -188,17 +203,34 @@ def rbf_mmd2(distribution: Circuit, data: Tensor, bandwidths: tuple[float, ...],
     """
     with torch.no_grad():
         samples = distribution.sample((checks.integer("num_samples", num_samples),))
+    if isinstance(distribution, SPNDistribution) and distribution.amortized:
+        return _amortized_rbf_mmd2(distribution, samples, data, bandwidths)
     points = torch.cat([samples, data.to(samples.dtype)])
     expected = circuit_rbf_expectations(distribution, points, bandwidths)  # [B, n + M]
     model, cross = expected[:, : len(samples)].mean(1), expected[:, len(samples):].mean(1)  # [B] each
-    flat = data.flatten(1).to(samples.dtype)
-    if len(flat) > 1:
-        squared = torch.cdist(flat, flat).square()
-        off_diagonal = ~torch.eye(len(flat), dtype=torch.bool, device=flat.device)
-        within = torch.stack([torch.exp(-squared / (2 * s**2))[off_diagonal].mean() for s in bandwidths])
-    else:
-        within = torch.zeros_like(model)
+    within = _within_data(data.to(samples.dtype), bandwidths)
     return ((2 * model - model.detach()) - 2 * cross + within).sum()
+
+
+def _within_data(data: Tensor, bandwidths: tuple[float, ...]) -> Tensor:
+    """The unbiased within-data term ``E_{y,y'}[k]`` of every bandwidth, ``[B]`` (0 for fewer than two points)."""
+    flat = data.flatten(1)
+    if len(flat) < 2:
+        return flat.new_zeros(len(bandwidths))
+    squared = torch.cdist(flat, flat).square()
+    off_diagonal = ~torch.eye(len(flat), dtype=torch.bool, device=flat.device)
+    return torch.stack([torch.exp(-squared / (2 * s**2))[off_diagonal].mean() for s in bandwidths])
+
+
+def _amortized_rbf_mmd2(distribution: SPNDistribution, samples: Tensor, data: Tensor,
+                        bandwidths: tuple[float, ...]) -> Tensor:
+    """:func:`rbf_mmd2` of an amortized circuit: every batch element against the same ``data``, each element's model
+    term from its own exact ``samples [n, *batch_shape, *event_shape]``; the mean over the batch elements."""
+    data = data.to(samples.dtype)
+    model = distribution._rbf_expectations(samples, bandwidths).mean(1)  # [B, *batch_shape]
+    cross = distribution._rbf_expectations(_points_per_element(distribution, data), bandwidths).mean(1)
+    within = _within_data(data, bandwidths).reshape((-1,) + (1,) * len(distribution.batch_shape))
+    return ((2 * model - model.detach()) - 2 * cross + within).sum(0).mean()
 
 
 __all__ = ["BASELINES", "ESTIMATORS", "Circuit", "RBFKernel", "circuit_rbf_expectations", "critic_samples",

@@ -28,10 +28,31 @@ from torch import Tensor, nn
 from . import checks
 from .layers import EinsumLayer, LeafLayer, RepetitionMixing
 from .leaves import LEAVES, Leaf, Mixed
-from .structure import random_binary_trees
+from .structure import RandomBinaryTrees, random_binary_trees
 
 #: The largest number of parameters a circuit may have (about 4 GiB of float32 weights).
 MAX_PARAMETERS = 2**30
+
+
+@dataclass(frozen=True)
+class FlatSlice:
+    """Where one parameter tensor lives in the circuit's flat parameter vector (:attr:`RatSPN.flat_parameter_layout`).
+
+    Attributes:
+        name: the parameter's name in :meth:`~torch.nn.Module.named_parameters` (``"leaf_layer.loc"``,
+            ``"inner_layers.0.logits"``, ``"root.logits"``).
+        shape: the parameter's shape.
+        offset: its first entry in the flat vector; it occupies ``offset : offset + prod(shape)``, row-major.
+    """
+
+    name: str
+    shape: torch.Size
+    offset: int
+
+    @property
+    def size(self) -> int:
+        """The number of entries, ``prod(shape)``."""
+        return math.prod(self.shape)
 
 
 @dataclass
@@ -61,6 +82,9 @@ class RatSPN(nn.Module):
         leaf: the leaf family, a spec such as ``Binomial(total_count=255)`` (reusable: the circuit creates and owns
             the parameters, in :attr:`leaf_layer`).
         seed: seeds the region graph and the parameter initialization.
+        structure: the region graph; ``None`` (the default) draws ``num_repetitions`` random binary trees of depth
+            ``depth`` (RAT-SPN). A given structure fixes the depth and the repetitions (``depth`` and
+            ``num_repetitions`` may then be omitted, or must agree with it).
 
     Raises:
         TypeError, ValueError: bad arguments (named), or a circuit of more than :data:`MAX_PARAMETERS` parameters.
@@ -70,14 +94,16 @@ class RatSPN(nn.Module):
     #: whose leaf parameters lived in ``leaf``, still load).
     _version = 2
 
-    def __init__(self, event_shape: int | Sequence[int], *, depth: int, num_repetitions: int, num_sums: int,
-                 num_leaves: int, leaf: Leaf, seed: int = 0) -> None:
+    def __init__(self, event_shape: int | Sequence[int], *, depth: int | None = None,
+                 num_repetitions: int | None = None, num_sums: int, num_leaves: int, leaf: Leaf, seed: int = 0,
+                 structure: RandomBinaryTrees | None = None) -> None:
         super().__init__()
         self.event_shape = checks.event_shape(event_shape)
         if not isinstance(leaf, Leaf):
             families = ", ".join(cls.__name__ for cls in LEAVES.values())
             raise TypeError(f"leaf must be a pyro_spn.leaves spec ({families}), got {leaf!r}")
         self.leaf = leaf
+        depth, num_repetitions = _structure_sizes(structure, depth, num_repetitions)
         self.depth = checks.integer("depth", depth, maximum=30)
         self.num_repetitions = checks.integer("num_repetitions", num_repetitions)
         self.num_sums = checks.integer("num_sums", num_sums)
@@ -91,7 +117,12 @@ class RatSPN(nn.Module):
             raise ValueError(f"event_shape, depth, num_repetitions, num_sums, num_leaves, leaf: this circuit would "
                              f"have {count:.3g} parameters, more than the {MAX_PARAMETERS:.3g} allowed")
 
-        trees = random_binary_trees(self.num_features, depth, num_repetitions, self.seed)
+        if structure is None:
+            structure = random_binary_trees(self.num_features, depth, num_repetitions, self.seed)
+        elif structure.num_features != self.num_features:
+            raise ValueError(f"structure: a region graph over {structure.num_features} variables, but event_shape "
+                             f"{self.event_shape} has {self.num_features}")
+        trees = structure
         generator = torch.Generator().manual_seed(self.seed)
         self.leaf_layer = LeafLayer(leaf, self.num_channels, trees, num_leaves, generator)
         self.inner_layers = nn.ModuleList(
@@ -111,6 +142,38 @@ class RatSPN(nn.Module):
         inner = sum(num_repetitions * regions * outputs * inputs * inputs
                     for regions, inputs, outputs in _einsum_shapes(depth, num_sums, num_leaves))
         return leaves + inner + num_repetitions
+
+    # -- the flat parameter vector (amortized circuits) --------------------------------------------------------
+    @property
+    def flat_parameter_layout(self) -> list[FlatSlice]:
+        """The map between a flat parameter vector ``[P]`` and the circuit's parameter tensors: every parameter of
+        :meth:`~torch.nn.Module.named_parameters`, in that order, unconstrained (leaf parameters before their
+        constraint, sum weights as logits before the softmax), each flattened row-major."""
+        layout, offset = [], 0
+        for name, parameter in self.named_parameters():
+            layout.append(FlatSlice(name, parameter.shape, offset))
+            offset += parameter.numel()
+        return layout
+
+    @property
+    def flat_parameter_size(self) -> int:
+        """``P``, the length of the flat parameter vector (:attr:`num_parameters` of this circuit)."""
+        return sum(parameter.numel() for parameter in self.parameters())
+
+    def flatten_parameters(self) -> Tensor:
+        """The circuit's own parameters as one flat vector ``[P]`` (differentiable; e.g. to initialize the bias of the
+        network that produces amortized parameters)."""
+        return torch.cat([parameter.reshape(-1) for parameter in self.parameters()])
+
+    def unflatten_parameters(self, flat: Tensor) -> dict[str, Tensor]:
+        """The parameter tensors of flat vectors ``flat [*B, P]``: ``name → [*B, *shape]`` (views, no copy)."""
+        checks.real_tensor("flat", flat)
+        if flat.dim() < 1 or flat.shape[-1] != self.flat_parameter_size:
+            raise ValueError(f"flat: expected shape [..., {self.flat_parameter_size}] (the circuit's "
+                             f"flat_parameter_size), got {tuple(flat.shape)}")
+        batch = flat.shape[:-1]
+        return {part.name: flat[..., part.offset:part.offset + part.size].reshape(batch + part.shape)
+                for part in self.flat_parameter_layout}
 
     @property
     def einsum_layers(self) -> list[EinsumLayer]:
@@ -160,6 +223,24 @@ class RatSPN(nn.Module):
     def extra_repr(self) -> str:
         return (f"event_shape={self.event_shape}, depth={self.depth}, num_repetitions={self.num_repetitions}, "
                 f"num_sums={self.num_sums}, num_leaves={self.num_leaves}, seed={self.seed}")
+
+
+def _structure_sizes(structure: RandomBinaryTrees | None, depth: int | None,
+                     num_repetitions: int | None) -> tuple[int, int]:
+    """``(depth, num_repetitions)``: the given ones, or the structure's (``ValueError`` if they disagree or are missing
+    without a structure)."""
+    if structure is None:
+        for name, value in (("depth", depth), ("num_repetitions", num_repetitions)):
+            if value is None:
+                raise ValueError(f"{name} is required unless a structure is given")
+        return cast(int, depth), cast(int, num_repetitions)
+    if not isinstance(structure, RandomBinaryTrees):
+        raise TypeError(f"structure must be a pyro_spn.structure.RandomBinaryTrees, got {type(structure).__name__}")
+    for name, value, own in (("depth", depth, structure.depth),
+                             ("num_repetitions", num_repetitions, structure.num_repetitions)):
+        if value is not None and value != own:
+            raise ValueError(f"{name}={value!r} disagrees with the structure's {name} {own}; omit it")
+    return structure.depth, structure.num_repetitions
 
 
 def _einsum_shapes(depth: int, num_sums: int, num_leaves: int) -> list[tuple[int, int, int]]:

@@ -122,7 +122,7 @@ def test_a_tiny_budget_runs_one_row_per_chunk(spn: RatSPN, monkeypatch: pytest.M
         calls.append(evidence.shape[0])
         return original(circuit, evidence)
 
-    monkeypatch.setattr("pyro_spn.distribution.mpe", counted)
+    monkeypatch.setattr("pyro_spn.rows.mpe", counted)
     d = SPNDistribution(spn)
     evidence = _evidence(d, 11)
     with torch.no_grad():

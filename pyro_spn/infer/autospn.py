@@ -206,7 +206,10 @@ class AutoSPN(AutoContinuous):
     def _build_circuit(self, locations: Tensor) -> RatSPN:
         """The circuit over ``D`` variables, its leaf components at ``locations`` ``[I R, D]``
         (:meth:`_component_locations`) with scale ``init_scale``."""
-        spn = RatSPN(self.latent_dim, leaf=Normal(min_scale=_MIN_SCALE), seed=self._seed, **self.structure())
+        sizes = self.structure()
+        spn = RatSPN(self.latent_dim, leaf=Normal(min_scale=_MIN_SCALE), seed=self._seed, depth=sizes["depth"],
+                     num_repetitions=sizes["num_repetitions"], num_sums=sizes["num_sums"],
+                     num_leaves=sizes["num_leaves"])
         loc, raw_scale = (cast(Tensor, getattr(spn.leaf_layer, name)) for name in ("loc", "raw_scale"))
         with torch.no_grad():
             rows = locations.detach().cpu().float().view(spn.num_leaves, spn.num_repetitions, self.latent_dim)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..layers import LeafLayer
 from ..leaves import Params
+from ..leaves.base import straight_through
 from .rules import ONE_HOT_RULES, Rule
 
 
@@ -183,3 +184,24 @@ def leaf_values(layer: LeafLayer, leaf_selection: Tensor, rule: Rule, temperatur
     if rule == "expected":
         return (a * layer.mean()).sum((-2, -1))
     return (a * leaf.relaxed(layer.expanded_params((leaf_selection.shape[0],)), temperature)).sum((-2, -1))
+
+
+def leaf_values_rows(layer: LeafLayer, leaf_selection: Tensor, rule: Rule, params: Params,
+                     temperature: Tensor | float = 1.0) -> Tensor:
+    """:func:`leaf_values` under per-row parameters ``params`` (each ``[N, C, F, I, R, *E]``, an amortized circuit):
+    every component's draw (mode, mean) of each row weighted by the selections, ``Σ_{r,i} a_{v,r,i} · x_{v,r,i}``, the
+    reference form (one-hot selections pick exact draws; straight-through draws carry their coupled relaxation's
+    gradient); ``[N, C, F]``."""
+    leaf = layer.leaf
+    if rule == "argmax":
+        values = leaf.mode(params)
+    elif rule == "expected":
+        values = leaf.mean(params)
+    elif rule == "soft":
+        values = leaf.relaxed(params, temperature)
+    else:
+        values = leaf.sample(params)
+        if rule == "straight_through":
+            values = straight_through(values, leaf.relaxed(params, temperature, values))
+    a = layer.variable_selection(leaf_selection)[:, None]  # [N, 1, F, I, R]
+    return (a * values).sum((-2, -1))

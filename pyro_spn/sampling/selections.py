@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..amortized import RowParameters
 from ..gumbel import conditional_gumbel
 from ..layers import pair_log_likelihood
 from ..spn import RatSPN, UpwardPass
@@ -37,7 +38,8 @@ Interpolation = Literal["unit", "region"]
 INTERPOLATIONS: tuple[Interpolation, ...] = ("unit", "region")
 
 #: ``(s [N, R, L, K], log_w [R, L, K, Q], pair_ll [N, R, L, Q] or None, τ, K_in) → (left, right)``, each
-#: ``[N, R, L, K_in]``: the child selections of one einsum layer (``Q = K_in²``; ``pair_ll`` with evidence).
+#: ``[N, R, L, K_in]``: the child selections of one einsum layer (``Q = K_in²``; ``pair_ll`` with evidence). The
+#: reference paths (:func:`per_unit`, :func:`per_region`) also take per-sample weights ``log_w [N, R, L, K, Q]``.
 ChildSelection = Callable[[Tensor, Tensor, "Tensor | None", "Tensor | float", int], tuple[Tensor, Tensor]]
 
 
@@ -53,7 +55,7 @@ def per_unit(rule: Rule) -> ChildSelection:
 
     def children(s: Tensor, log_w: Tensor, pair_ll: Tensor | None, temperature: Tensor | float,
                  num_inputs: int) -> tuple[Tensor, Tensor]:
-        logits = log_w.expand((s.shape[0],) + log_w.shape)
+        logits = _per_sample(log_w, s.shape[0])
         if pair_ll is not None:
             logits = logits + pair_ll[:, :, :, None, :]
         pairs = torch.einsum("nrlk,nrlkq->nrlq", s, select(logits, rule, temperature))
@@ -61,6 +63,12 @@ def per_unit(rule: Rule) -> ChildSelection:
 
     children.__name__ = children.__qualname__ = f"per_unit_{rule}"
     return children
+
+
+def _per_sample(log_w: Tensor, num_samples: int) -> Tensor:
+    """Log-weights ``[R, L, K, Q]`` shared by every sample, or ``[N, R, L, K, Q]`` per sample (an amortized
+    circuit's), as ``[N, R, L, K, Q]`` (a view)."""
+    return log_w if log_w.dim() == 5 else log_w.expand((num_samples,) + log_w.shape)
 
 
 def _blend(s: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,7 +87,10 @@ def per_region(rule: Rule) -> ChildSelection:
     def children(s: Tensor, log_w: Tensor, pair_ll: Tensor | None, temperature: Tensor | float,
                  num_inputs: int) -> tuple[Tensor, Tensor]:
         mass, blend = _blend(s)
-        logits = torch.einsum("nrlk,rlkq->nrlq", blend, log_w)
+        if log_w.dim() == 5:  # per-sample weights (an amortized circuit)
+            logits = torch.einsum("nrlk,nrlkq->nrlq", blend, log_w)
+        else:
+            logits = torch.einsum("nrlk,rlkq->nrlq", blend, log_w)
         if pair_ll is not None:
             logits = logits + pair_ll
         return _split_pairs(mass * select(logits, rule, temperature), num_inputs)
@@ -215,7 +226,8 @@ FAST, REFERENCE = _tables()
 
 
 def top_down(spn: RatSPN, num_samples: int, rule: Rule, temperature: Tensor | float = 1.0,
-             interpolation: Interpolation = "unit", upward: UpwardPass | None = None, paths: Paths = FAST) -> Tensor:
+             interpolation: Interpolation = "unit", upward: UpwardPass | None = None, paths: Paths = FAST,
+             rows: RowParameters | None = None) -> Tensor:
     """Selections from the root down to the leaf regions.
 
     Args:
@@ -226,20 +238,26 @@ def top_down(spn: RatSPN, num_samples: int, rule: Rule, temperature: Tensor | fl
         interpolation: ``"unit"`` or ``"region"``.
         upward: an upward pass with evidence; every choice is then drawn from its posterior.
         paths: the dispatch table (:data:`REFERENCE` to run the reference paths).
+        rows: per-sample parameters (an amortized circuit, ``N`` sets); the :data:`REFERENCE` paths then run, whatever
+            ``paths`` says (the fast paths share one parameter set).
 
     Returns:
         ``[N, R, 2^D, I]``: the selection reaching every leaf component (one-hot over ``(r, i)`` for one-hot rules;
         summing to 1 over ``(r, i)`` per leaf region).
     """
-    root_logits = spn.root.log_weights().expand(num_samples, spn.num_repetitions)
+    layers = spn.einsum_layers
+    if rows is None:
+        root_logits = spn.root.log_weights().expand(num_samples, spn.num_repetitions)
+        log_weights = [layer.log_weights() for layer in layers]
+    else:
+        root_logits, log_weights, paths = rows.root, rows.inner, REFERENCE
     if upward is not None:
         root_logits = root_logits + upward.repetition_log_likelihood
     s = select(root_logits, rule, temperature)[:, :, None, None]  # [N, R, 1, 1]
     children = paths.children[(rule, interpolation, upward is not None)]
-    layers = spn.einsum_layers
     for index in reversed(range(len(layers))):
         layer = layers[index]
         pair_ll = None if upward is None else pair_log_likelihood(upward.layer_inputs[index])  # [N, R, L, Q]
-        left, right = children(s, layer.log_weights(), pair_ll, temperature, layer.num_inputs)
+        left, right = children(s, log_weights[index], pair_ll, temperature, layer.num_inputs)
         s = torch.stack([left, right], dim=3).flatten(2, 3)  # [N, R, 2L, K_in]
     return s
