@@ -21,7 +21,7 @@ from pyro_spn import RatSPN
 from pyro_spn.data import DATASETS, Dataset, load_dataset
 from pyro_spn.train.pictures import colormap
 
-__all__ = ["batches", "make_parser", "output_dir", "smoke_mode"]
+__all__ = ["batches", "make_parser", "mlp", "output_dir", "smoke_mode"]
 
 
 def smoke_mode(args: argparse.Namespace) -> bool:
@@ -126,6 +126,17 @@ def density_tile(log_density: Callable[[Tensor], Tensor], samples: Tensor | None
         cells = cells[((cells >= 0) & (cells < size)).all(1)]
         picture[:, size - 1 - cells[:, 1], cells[:, 0]] = torch.tensor([1.0, 0.25, 0.25])[:, None]
     return picture
+
+
+def mlp(inputs: int, outputs: int, budget: int) -> torch.nn.Sequential:
+    """A two-hidden-layer tanh network ``inputs → H → H → outputs`` whose width ``H`` makes its parameter count the
+    closest to ``budget`` (so that networks with different heads compare at equal size)."""
+    def count(width: int) -> int:
+        return (inputs + 1) * width + (width + 1) * width + (width + 1) * outputs
+
+    width = min(range(1, 2048), key=lambda h: abs(count(h) - budget))
+    return torch.nn.Sequential(torch.nn.Linear(inputs, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
+                               torch.nn.Tanh(), torch.nn.Linear(width, outputs))
 
 
 def svi_parser(description: str, output: str) -> argparse.ArgumentParser:

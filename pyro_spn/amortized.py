@@ -78,11 +78,12 @@ def leaf_log_likelihood_rows(layer: LeafLayer, x: Tensor, params: Params, max_pr
 
 
 def region_sums(layer: LeafLayer, per_variable: Tensor) -> Tensor:
-    """Per-variable values ``[N, F, I, R]`` summed into the leaf regions: ``[N, R, L, I]`` (padding adds 0)."""
+    """Per-variable values ``[N, F, I, R]`` summed into the leaf regions: ``[N, R, L, I]`` (a region without variables
+    is 0). One ``scatter_add`` by each variable's region, whose backward is a gather."""
     moved = per_variable.permute(0, 3, 1, 2)  # [N, R, F, I]
-    padded = torch.cat([moved, moved.new_zeros(moved.shape[:2] + (1,) + moved.shape[3:])], dim=2)
-    repetition = torch.arange(layer.num_repetitions, device=per_variable.device)[:, None, None]
-    return padded[:, repetition, layer.leaf_slots].sum(3)  # [N, R, L, M, I] → [N, R, L, I]
+    index = layer.variable_region[None, :, :, None].expand(moved.shape)
+    out = moved.new_zeros(moved.shape[:2] + (layer.leaf_slots.shape[1],) + moved.shape[3:])
+    return out.scatter_add(2, index, moved)
 
 
 def upward_rows(spn: RatSPN, x: Tensor, rows: RowParameters, max_product: bool = False) -> UpwardPass:

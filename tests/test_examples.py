@@ -27,6 +27,8 @@ EXAMPLES: list[tuple[str, list[str]]] = [
     ("spn_guide.py", []),
     ("spn_prior_vae.py", []),
     ("autospn_ring.py", []),
+    ("conditional_density.py", []),
+    ("vae_spn_encoder.py", []),
 ]
 
 
