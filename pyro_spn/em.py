@@ -15,15 +15,12 @@ derivatives of ``L`` (Darwiche's differential approach; Peharz et al., *Einsum N
 One autograd backward of ``L`` w.r.t. the leaf regions, the einsum layers' outputs and logits, and the
 repetitions gives every statistic (:func:`expected_counts`).
 
-**M-step in closed form** (:class:`EM`): sum weights ``w_kj ∝ n_kj + α`` (a Dirichlet prior of pseudo-count
-``weight_prior``), leaves by moment matching, mapped back to each family's unconstrained parameters:
-
-* Normal: ``loc = E[x]``, ``scale = sqrt(max(E[x²] − loc², min_variance))`` (the maximizer under the
-  constraint ``scale² >= min_variance``), stored as ``raw_scale = softplus⁻¹(scale − min_scale)``;
-* Binomial(``N``) / Bernoulli: ``logits = log(E[x] + β) − log(N·count − E[x] + β)`` (a Beta prior of
-  pseudo-count ``leaf_prior``), clamped to ``±MAX_LOGIT``;
-* Categorical: ``logits = log(counts + β)``;
-* Mixed: each group by its own family.
+**M-step** (:class:`EM`): sum weights ``w_kj ∝ n_kj + α`` (a Dirichlet prior of pseudo-count ``weight_prior``);
+leaves by their family's own M-step, :meth:`pyro_spn.leaves.Leaf.maximize`, from the expected counts and
+sufficient statistics: closed forms (Normal, LogNormal, Binomial, Bernoulli, Categorical, Poisson, Geometric,
+NegativeBinomial, Exponential; pseudo-count ``leaf_prior`` for the discrete ones, ``min_variance`` for the Gaussian
+ones), Newton steps (Gamma's shape, Beta), moment matching by Newton's method (``ExponentialFamily``), each group of
+a Mixed leaf by its own family.
 
 Components and sum units that received no flow at all keep their parameters.
 
@@ -47,16 +44,14 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
-from .leaves import Bernoulli, Binomial, Categorical, Leaf, Mixed, Normal, Params
+from .leaves.base import LOG_FLOOR, MAX_LOGIT
 from .spn import RatSPN
 
-#: Logits of Bernoulli and Binomial leaves are clamped to ``[-MAX_LOGIT, MAX_LOGIT]`` (probabilities within
-#: about 1e-13 of 0 and 1); log-weights and Categorical log-probabilities are floored at ``LOG_FLOOR``.
-MAX_LOGIT = 30.0
-LOG_FLOOR = -60.0
-#: The layout of :meth:`EM.state_dict`.
-STATE_VERSION = 1
-_FAMILIES = (Normal, Binomial, Bernoulli, Categorical)
+#: The layout of :meth:`EM.state_dict` (version 1 named the leaf statistics ``leaf{g}_count`` and ``leaf{g}_sum`` per
+#: group of a Mixed leaf; its states of circuits with one family still load).
+STATE_VERSION = 2
+#: Version 1's names of the leaf statistics of a circuit with one leaf family.
+_VERSION_1_NAMES = {"leaf0_count": "leaf_count", "leaf0_sum": "leaf_sum"}
 #: Sums a float64 vector over the processes of a data-parallel run (:meth:`EM.step`).
 Reduce = Callable[[Tensor], Tensor]
 
@@ -70,8 +65,9 @@ class EMOptions:
         decay: in ``(0.5, 1]`` (the Robbins–Monro conditions).
         offset: ``>= 1``.
         weight_prior: Dirichlet pseudo-count ``>= 0`` of every sum edge (per example of the running averages).
-        leaf_prior: Beta / Dirichlet pseudo-count ``>= 0`` of Bernoulli, Binomial and Categorical leaves.
-        min_variance: ``> 0``, the smallest variance of a Normal leaf.
+        leaf_prior: Beta / Dirichlet / Gamma pseudo-count ``>= 0`` of the discrete leaves and Exponential ones
+            (see each family's ``moment_match``).
+        min_variance: ``> 0``, the smallest variance of a Normal leaf (of ``log x`` for a LogNormal one).
     """
 
     step_size: float | None = None
@@ -96,28 +92,6 @@ class EMOptions:
         if step == 0:
             return 1.0
         return self.step_size if self.step_size is not None else (step + self.offset) ** -self.decay
-
-
-@dataclass(frozen=True)
-class _Family:
-    """One leaf family of a circuit: its spec, its variables ``features`` and its parameters' name prefix."""
-
-    leaf: Leaf
-    features: slice
-    prefix: str
-
-
-def _families(spn: RatSPN) -> list[_Family]:
-    """The circuit's leaf families (the groups of a Mixed leaf), ``TypeError`` for a family EM cannot fit."""
-    leaf = spn.leaf
-    groups = leaf.groups if isinstance(leaf, Mixed) else ((leaf, spn.num_features),)
-    out, start = [], 0
-    for group, (member, size) in enumerate(groups):
-        if type(member) not in _FAMILIES:  # exactly: a subclass may parameterize its family differently
-            raise TypeError(f"spn: EM fits Normal, Binomial, Bernoulli and Categorical leaves, got {member!r}")
-        out.append(_Family(member, slice(start, start + size), f"g{group}_" if isinstance(leaf, Mixed) else ""))
-        start += size
-    return out
 
 
 # -- E-step -----------------------------------------------------------------------------------------------------
@@ -146,9 +120,9 @@ def expected_counts(spn: RatSPN, x: Tensor) -> tuple[dict[str, Tensor], int, flo
     Returns:
         ``(statistics, examples, log_likelihood)``: float64 tensors on the circuit's device,
         ``"root"`` ``[R]`` (repetition counts), ``"einsum{k}"`` ``[R, L, K_out, K_in²]`` (edge counts of einsum layer
-        ``k``, bottom to top), ``"flow{k}"`` ``[R, L, K_out]`` (flows into its sum units), and per leaf family ``g``
-        (``g`` indexes a Mixed leaf's groups, else 0) ``"leaf{g}_count"`` ``[C, F_g, I, R]`` and ``"leaf{g}_sum"``
-        ``[C, F_g, I, R, S_g]``; the number of examples counted; the sum of their log-likelihoods.
+        ``k``, bottom to top), ``"flow{k}"`` ``[R, L, K_out]`` (flows into its sum units), ``"leaf_count"``
+        ``[C, F, I, R]`` and ``"leaf_sum"`` ``[C, F, I, R, S]`` (for a Mixed leaf, each group's statistics padded
+        with zeros to the largest ``S``); the number of examples counted; the sum of their log-likelihoods.
 
     Raises:
         ValueError: no example has a finite log-likelihood.
@@ -176,77 +150,35 @@ def expected_counts(spn: RatSPN, x: Tensor) -> tuple[dict[str, Tensor], int, flo
 
 
 def _leaf_statistics(spn: RatSPN, x: Tensor, leaf_flow: Tensor) -> dict[str, Tensor]:
-    """``"leaf{g}_count"`` ``[C, F_g, I, R]`` and ``"leaf{g}_sum"`` ``[C, F_g, I, R, S_g]`` of every family from the
-    flows into the leaf regions ``leaf_flow`` ``[N, R, L, I]`` and the data ``x`` ``[N, *event_shape]``.
+    """``"leaf_count"`` ``[C, F, I, R]`` and ``"leaf_sum"`` ``[C, F, I, R, S]`` from the flows into the leaf regions
+    ``leaf_flow`` ``[N, R, L, I]`` and the data ``x`` ``[N, *event_shape]``.
 
     Per leaf region, one batched matmul of its flows ``[I, N]`` with its slots' statistics ``[N, M·C·(1 + S)]``
     (the observed indicator, then ``T(x)`` of the observed entries), then the slots are scattered to their variables.
+    The sums are float64: the M-steps take differences of them that cancel (``E[x²] − E[x]²``, ``log E[x] − E[log x]``).
     """
     layer = spn.leaf_layer
     flat = spn.flatten_data(x.detach())  # [N, C, F]
     observed = torch.isfinite(flat)
     values = torch.where(observed, flat, torch.zeros_like(flat))
-    flow = leaf_flow.detach().permute(1, 2, 3, 0)  # [R, L, I, N]
-    num_samples, channels, num_features = flat.shape
+    flow = leaf_flow.detach().permute(1, 2, 3, 0).double()  # [R, L, I, N]
+    num_samples = flat.shape[0]
     repetitions, regions, slots = layer.leaf_slots.shape
+    weights = observed[..., None].double()
+    stats = spn.leaf.sufficient_statistics(values).double() * weights  # T(x) in the circuit's dtype, as it evaluates
+    full = torch.cat([weights, stats], dim=-1)  # [N, C, F, W]
+    width = full.shape[-1]
+    data = layer.data_slots(full).reshape(repetitions, regions, slots * flat.shape[1] * width, num_samples)
+    per_slot = torch.matmul(flow, data.transpose(-1, -2))  # [R, L, I, M·C·W]
+    per_slot = per_slot.view(repetitions, regions, -1, slots, flat.shape[1], width).movedim(2, 3)  # [R, L, M, I, C, W]
+    by_variable = per_slot.new_zeros((repetitions, flat.shape[2] + 1) + per_slot.shape[3:])  # padding: index F
     repetition = torch.arange(repetitions, device=flat.device)[:, None, None]
-    out = {}
-    for g, family in enumerate(_families(spn)):
-        # Normal statistics in float64: the M-step's E[x²] − E[x]² cancels where |mean| >> std
-        dtype = torch.float64 if isinstance(family.leaf, Normal) else flat.dtype
-        weights = observed[:, :, family.features, None].to(dtype)
-        stats = family.leaf.sufficient_statistics(values[:, :, family.features].to(dtype)) * weights
-        width = 1 + stats.shape[-1]
-        full = stats.new_zeros((num_samples, channels, num_features, width))  # other families' variables: 0
-        full[:, :, family.features] = torch.cat([weights, stats], dim=-1)
-        data = layer.data_slots(full).reshape(repetitions, regions, slots * channels * width, num_samples)
-        per_slot = torch.matmul(flow.to(dtype), data.transpose(-1, -2))  # [R, L, I, M·C·(1 + S)]
-        per_slot = per_slot.view(repetitions, regions, -1, slots, channels, width).movedim(2, 3)  # [R, L, M, I, C, W]
-        by_variable = per_slot.new_zeros((repetitions, num_features + 1) + per_slot.shape[3:])  # padding: index F
-        by_variable[repetition, layer.leaf_slots] = per_slot
-        result = by_variable[:, family.features].permute(3, 1, 2, 0, 4).double()  # [C, F_g, I, R, W]
-        out[f"leaf{g}_count"] = result[..., 0].contiguous()
-        out[f"leaf{g}_sum"] = result[..., 1:].contiguous()
-    return out
+    by_variable[repetition, layer.leaf_slots] = per_slot
+    result = by_variable[:, :-1].permute(3, 1, 2, 0, 4)  # [C, F, I, R, W]
+    return {"leaf_count": result[..., 0].contiguous(), "leaf_sum": result[..., 1:].contiguous()}
 
 
 # -- M-step -----------------------------------------------------------------------------------------------------
-def _inverse_softplus(y: Tensor) -> Tensor:
-    """``softplus⁻¹(y)`` for ``y > 0``: ``y + log(1 − e^(−y))``."""
-    return y + torch.log(-torch.expm1(-y))
-
-
-def _maximize_leaf(leaf: Leaf, count: Tensor, total: Tensor, options: EMOptions) -> Params:
-    """The unconstrained parameters maximizing the expected complete log-likelihood of one family.
-
-    Args:
-        leaf: the family; count: ``[C, F, I, R]`` expected counts; total: ``[C, F, I, R, S]`` expected sufficient
-            statistics (both per example, float64).
-
-    Returns:
-        The family's unconstrained parameters (float64); entries of zero count are NaN (the caller keeps the old).
-    """
-    safe = count.clamp_min(torch.finfo(count.dtype).tiny)
-    unused = count <= 0
-    if isinstance(leaf, Normal):
-        loc = total[..., 0] / safe
-        variance = (total[..., 1] / safe - loc.square()).clamp_min(options.min_variance)
-        excess = (variance.sqrt() - leaf.min_scale).clamp_min(1e-12)
-        return {"loc": loc.masked_fill(unused, math.nan),
-                "raw_scale": _inverse_softplus(excess).masked_fill(unused, math.nan)}
-    if isinstance(leaf, Binomial | Bernoulli):
-        trials = float(leaf.total_count) if isinstance(leaf, Binomial) else 1.0
-        successes = total[..., 0].clamp_min(0.0)
-        failures = (trials * count - successes).clamp_min(0.0)
-        logits = (torch.log(successes + options.leaf_prior) - torch.log(failures + options.leaf_prior))
-        logits = logits.nan_to_num(nan=0.0).clamp(-MAX_LOGIT, MAX_LOGIT)
-        return {"logits": logits.masked_fill(unused, math.nan)}
-    if isinstance(leaf, Categorical):
-        log_probs = torch.log(total.clamp_min(0.0) + options.leaf_prior).clamp_min(LOG_FLOOR)
-        return {"logits": (log_probs - log_probs.logsumexp(-1, keepdim=True)).masked_fill(unused[..., None], math.nan)}
-    raise TypeError(f"spn: EM cannot fit leaves {leaf!r}")
-
-
 def _maximize_weights(edges: Tensor, flow: Tensor, prior: float) -> Tensor:
     """Normalized log-weights ``[..., J]`` of edge counts ``edges [..., J]`` and unit flows ``flow [...]``; NaN for
     units without flow (the caller keeps the old)."""
@@ -281,12 +213,13 @@ class EM:
     interface: :meth:`step` per batch, :meth:`state_dict` / :meth:`load_state_dict` for checkpoints.
 
     Args:
-        spn: the circuit (Normal, Binomial, Bernoulli or Categorical leaves, or a Mixed leaf of them).
+        spn: the circuit, of any leaf family with an M-step (:attr:`pyro_spn.leaves.Leaf.maximizable`: every
+            built-in family, and a Mixed leaf of them).
         step_size, decay, offset, weight_prior, leaf_prior, min_variance: see :class:`EMOptions`.
 
     Raises:
-        TypeError: ``spn`` is not a RatSPN, or has leaves EM cannot fit; an argument of the wrong type.
-        ValueError: an argument out of range (named).
+        TypeError: ``spn`` is not a RatSPN; an argument of the wrong type.
+        ValueError: leaves whose family has no M-step (named); an argument out of range (named).
 
     Example: full-batch EM is ``EM(spn, step_size=1.0)`` and ``em.step(train)`` per iteration.
     """
@@ -295,8 +228,10 @@ class EM:
                  weight_prior: float = 1e-6, leaf_prior: float = 1e-6, min_variance: float = 1e-3) -> None:
         if not isinstance(spn, RatSPN):
             raise TypeError(f"spn must be a pyro_spn.RatSPN, got {type(spn).__name__}")
+        if not spn.leaf.maximizable:
+            raise ValueError(f"spn: EM cannot fit {spn.leaf!r} leaves: their family has no M-step "
+                             f"(Leaf.moment_match)")
         self.spn = spn
-        self.families = _families(spn)
         self.options = EMOptions(step_size, decay, offset, weight_prior, leaf_prior, min_variance).validate()
         self.num_steps = 0
         self.statistics: dict[str, Tensor] = {}
@@ -331,11 +266,11 @@ class EM:
             _assign(layer.logits, _maximize_weights(stats[f"einsum{k}"], stats[f"flow{k}"], options.weight_prior))
         root = stats["root"]
         _assign(spn.root.logits, _maximize_weights(root, root.sum(), options.weight_prior))
-        parameters = dict(spn.leaf_layer.named_parameters())
-        for g, family in enumerate(self.families):
-            fitted = _maximize_leaf(family.leaf, stats[f"leaf{g}_count"], stats[f"leaf{g}_sum"], options)
-            for name, value in fitted.items():
-                _assign(parameters[family.prefix + name], value)
+        parameters: dict[str, Tensor] = dict(spn.leaf_layer.named_parameters())
+        fitted = spn.leaf.maximize(stats["leaf_count"], stats["leaf_sum"], parameters, prior=options.leaf_prior,
+                                   min_variance=options.min_variance)
+        for name, value in fitted.items():
+            _assign(parameters[name], value)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -350,8 +285,11 @@ class EM:
         Raises:
             ValueError: another version, other options, or statistics of other names or shapes (named).
         """
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"state: an EM state dict of version {STATE_VERSION} expected")
+        if state["version"] == 1 and isinstance(state.get("statistics"), dict):
+            state = {**state, "statistics": {_VERSION_1_NAMES.get(name, name): value
+                                             for name, value in state["statistics"].items()}}
         if state.get("options") != asdict(self.options):
             raise ValueError(f"state['options']: saved with {state.get('options')!r}, this EM has "
                              f"{asdict(self.options)!r}")
@@ -384,11 +322,9 @@ class EM:
             units = (layer.num_repetitions, layer.num_regions, layer.num_outputs)
             shapes[f"flow{k}"] = units
             shapes[f"einsum{k}"] = (*units, layer.num_inputs**2)
-        channels, components, repetitions = spn.num_channels, spn.num_leaves, spn.num_repetitions
-        for g, family in enumerate(self.families):
-            size = family.features.stop - family.features.start
-            shapes[f"leaf{g}_count"] = (channels, size, components, repetitions)
-            shapes[f"leaf{g}_sum"] = (channels, size, components, repetitions, family.leaf.num_statistics)
+        components = (spn.num_channels, spn.num_features, spn.num_leaves, spn.num_repetitions)
+        shapes["leaf_count"] = components
+        shapes["leaf_sum"] = (*components, spn.leaf.num_statistics)
         return shapes
 
 

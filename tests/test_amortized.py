@@ -13,13 +13,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import all_states, goodness_of_fit, state_index, support_values
 from torch import nn
 
 from pyro_spn import RatSPN, SPNDistribution, batching
 from pyro_spn.estimators import ESTIMATORS, RBFKernel, expectation, rbf_mmd2
 from pyro_spn.leaves import Bernoulli, Categorical, Normal
-
-from conftest import all_states, goodness_of_fit, state_index, support_values
 
 BATCH = 3
 
@@ -53,7 +52,8 @@ def test_flat_layout_round_trip(make_circuit):
     layout = spn.flat_parameter_layout
     assert [part.name for part in layout] == [name for name, _ in spn.named_parameters()]
     assert spn.flat_parameter_size == sum(part.size for part in layout) == sum(p.numel() for p in spn.parameters())
-    assert layout[0].offset == 0 and all(a.offset + a.size == b.offset for a, b in zip(layout, layout[1:]))
+    assert layout[0].offset == 0
+    assert all(a.offset + a.size == b.offset for a, b in zip(layout, layout[1:], strict=False))
     flat = spn.flatten_parameters()
     for name, value in spn.unflatten_parameters(flat).items():
         assert torch.equal(value, spn.get_parameter(name))
@@ -215,7 +215,7 @@ def test_conditional_samples_fit_each_element(bernoulli):
         assert goodness_of_fit(counts, probs[:, b]) > 1e-3
 
 
-# -- gradients ----------------------------------------------------------------------------------------------------------
+# -- gradients ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("hard", [True, False])
 @pytest.mark.parametrize("interpolation", ["unit", "region"])
 @pytest.mark.parametrize("evidence", [False, True])

@@ -155,8 +155,8 @@ def test_moons_and_circles() -> None:
 def test_bad_arguments_name_the_argument() -> None:
     with pytest.raises(ValueError, match=r"name must be one of .*mnist.*got 'imagenet'"):
         load_dataset("imagenet")
-    with pytest.raises(ValueError, match=r"leaf must be one of .*bernoulli.*got 'poisson'"):
-        load_dataset("digits", leaf="poisson")
+    with pytest.raises(ValueError, match=r"leaf must be one of .*bernoulli.*got 'weibull'"):
+        load_dataset("digits", leaf="weibull")
     for leaf in ("binomial", "bernoulli"):
         with pytest.raises(ValueError, match=r"leaf must be 'auto' or 'normal'"):
             load_dataset("2-moons", leaf=leaf)

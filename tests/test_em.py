@@ -150,8 +150,8 @@ def test_the_leaf_flows_are_the_posterior_flows_of_the_top_down_pass() -> None:
     stats, examples, total = expected_counts(spn, x)
     flows = posterior_flows(spn, x).detach()  # [N, F, I, R]
     observed = (~torch.isnan(x)).double()
-    torch.testing.assert_close(stats["leaf0_count"][0], torch.einsum("nfir,nf->fir", flows, observed))
-    torch.testing.assert_close(stats["leaf0_sum"][0, ..., 0],
+    torch.testing.assert_close(stats["leaf_count"][0], torch.einsum("nfir,nf->fir", flows, observed))
+    torch.testing.assert_close(stats["leaf_sum"][0, ..., 0],
                                torch.einsum("nfir,nf->fir", flows, torch.nan_to_num(x) * observed))
     assert examples == 30 and total == pytest.approx(float(spn(x).sum().detach()))
     torch.testing.assert_close(stats["root"].sum(), torch.tensor(30.0, dtype=torch.float64))

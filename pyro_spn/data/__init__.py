@@ -10,7 +10,7 @@ from .custom import CustomDataError, load_custom
 from .dataset import Dataset, DatasetNotFoundError, model_scale
 from .images import IMAGE_DATASETS
 from .loading import DATASETS, LEAVES, event_shape_of, load_dataset
-from .preprocessing import Binarize, Counts, Identity, Preprocessing, Standardize
+from .preprocessing import Binarize, Counts, Dequantize, Identity, Preprocessing, Standardize
 from .synthetic import SYNTHETIC_DATASETS, GaussianMixture2D
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "CustomDataError",
     "Dataset",
     "DatasetNotFoundError",
+    "Dequantize",
     "GaussianMixture2D",
     "Identity",
     "Preprocessing",

@@ -13,7 +13,7 @@
 An array of integers (any integer dtype, or bool) of 3 or 4 dimensions is images of 8-bit counts ``0..255``:
 ``[N, H, W]`` (one channel), ``[N, C, H, W]`` where ``C = shape[1] <= 4``, else ``[N, H, W, C]`` where
 ``C = shape[-1] <= 4``. These images, like the folder's, take the representation of the built-in image sets
-(Binomial counts with ``total_count=255``, binarized or standardized by ``leaf``). Any other array,
+(Binomial counts with ``total_count=255`` by default, or any other family of ``LEAVES``). Any other array,
 ``[N]`` or ``[N, D]``, is continuous features: float32 values as they are, with Normal leaves, like the 2-D sets.
 
 Splits, as for digits: a random 10 % test, 10 % validation and the rest train (``seed`` draws the permutation),
@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from .. import checks
-from ..leaves import Normal, leaf_from_config
+from ..leaves import Normal
 from .dataset import Dataset
-from .preprocessing import Binarize, Counts, Identity, Preprocessing, Standardize
+from .preprocessing import IMAGE_LEAVES, Identity, Preprocessing, image_leaf, image_preprocessing, leaf_choice
 
 #: ``load_dataset`` names of the form ``path:<path>`` (``path:<file>#<dataset>`` for an HDF5 dataset).
 PREFIX = "path:"
@@ -233,18 +233,8 @@ def _split(n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     return permutation[test + val:], permutation[test:test + val], permutation[:test]
 
 
-def _preprocessing(leaf: str, is_image: bool, raw_train: Tensor) -> Preprocessing:
-    if not is_image:
-        return Identity()
-    if leaf == "binomial":
-        return Counts(MAX_VALUE)
-    if leaf == "bernoulli":
-        return Binarize(MAX_VALUE)
-    return Standardize.fit(raw_train, MAX_VALUE)
-
-
 def _resolve_leaf(leaf: str, is_image: bool, where: str) -> str:
-    checks.choice("leaf", leaf, ("auto", "binomial", "normal", "bernoulli"))
+    leaf = leaf_choice(leaf, ("auto", *IMAGE_LEAVES))
     if not is_image:
         if leaf not in ("auto", "normal"):
             raise ValueError(f"leaf must be 'auto' or 'normal' for the continuous features of {where}, got {leaf!r}")
@@ -275,9 +265,10 @@ def load_custom(path: str | os.PathLike, *, key: str | None = None, leaf: str = 
     Args:
         path: a folder of images, a ``.npy`` file or an HDF5 file.
         key: the HDF5 dataset (default: the file's only one).
-        leaf: ``"auto"`` (binomial for images, normal for features), ``"binomial"``, ``"bernoulli"`` or
-            ``"normal"`` (images: standardized per pixel on the train split); features accept only normal.
-        seed: draws the split.
+        leaf: ``"auto"`` (binomial for images, normal for features) or one of ``LEAVES`` for images, preprocessed as
+            :func:`~pyro_spn.data.load_dataset` does (``"normal"``: standardized per pixel on the train split);
+            features accept only normal.
+        seed: draws the split (and the dequantization noise of the continuous families).
         num_samples: keep at most the first ``num_samples`` examples of each split (default: all), at least 10.
 
     Returns:
@@ -301,14 +292,14 @@ def load_custom(path: str | os.PathLike, *, key: str | None = None, leaf: str = 
     if num_samples is not None:
         parts = tuple(part[:num_samples] for part in parts)  # type: ignore[assignment]
     train, val, test = parts
-    preprocessing = _preprocessing(leaf, is_image, data[train])
+    preprocessing: Preprocessing = (image_preprocessing(leaf, MAX_VALUE, data[train], seed) if is_image
+                                    else Identity())
     name = custom_name(str(where) + (f"#{key}" if key else ""))
-    spec = leaf_from_config({"type": leaf, "total_count": MAX_VALUE} if leaf == "binomial" else {"type": leaf})
     return Dataset(
         name=name, train=preprocessing(data[train]), val=preprocessing(data[val]), test=preprocessing(data[test]),
         train_labels=None if labels is None else labels[train], val_labels=None if labels is None else labels[val],
         test_labels=None if labels is None else labels[test], event_shape=tuple(data.shape[1:]),
-        leaf=spec if is_image else Normal(), is_image=is_image, preprocessing=preprocessing,
+        leaf=image_leaf(leaf, MAX_VALUE) if is_image else Normal(), is_image=is_image, preprocessing=preprocessing,
     )
 
 

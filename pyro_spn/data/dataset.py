@@ -35,7 +35,8 @@ class Dataset:
             index for 2-D sets), or ``None`` where the data set has none (CelebA).
         event_shape: ``(C, H, W)`` for images, ``(2,)`` for 2-D sets.
         leaf: the leaf family the preprocessing targets: ``Binomial(total_count=N)`` (``N`` = 255 for 8-bit
-            images, 16 for digits), ``Normal()`` or ``Bernoulli()``.
+            images, 16 for digits), ``Normal()``, ``Bernoulli()``, or for images any other family of ``LEAVES``
+            (:func:`pyro_spn.data.preprocessing.image_leaf`).
         is_image: whether the data are images.
         preprocessing: maps raw data to model space (``forward``) and back (``inverse``: images to ``[0, 1]``,
             2-D points to raw coordinates); ``preprocessing.state_dict()`` goes into checkpoints.

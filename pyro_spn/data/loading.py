@@ -23,17 +23,18 @@ import torch
 from torch import Tensor
 
 from .. import checks, folders
-from ..leaves import Normal, leaf_from_config
+from ..leaves import Normal
 from . import images
 from .cache import cache_path, read_cache, write_cache
 from .custom import event_shape_of_custom, is_custom, load_custom_by_name
 from .dataset import Dataset
 from .images import IMAGE_DATASETS, SPECS, RawSplit
-from .preprocessing import Binarize, Counts, Identity, Preprocessing, Standardize
+from .preprocessing import IMAGE_LEAVES, Identity, image_leaf, image_preprocessing, leaf_choice
 from .synthetic import SYNTHETIC_DATASETS, sample_synthetic
 
 DATASETS: tuple[str, ...] = SYNTHETIC_DATASETS + IMAGE_DATASETS
-LEAVES: tuple[str, ...] = ("binomial", "normal", "bernoulli")
+#: The leaf families a data set can be loaded for, by their command-line names (2-D sets: normal only).
+LEAVES: tuple[str, ...] = IMAGE_LEAVES
 DEFAULT_NUM_SAMPLES = 3000
 #: The folder of the torchvision-format files where no ``root`` is given (relative to the working folder).
 DEFAULT_ROOT = "data"
@@ -62,7 +63,7 @@ def _split_indices(n: int, seed: int, fractions: tuple[float, ...]) -> list[Tens
 def _check_arguments(name: str, leaf: str, seed: int, num_samples: int | None) -> str:
     """Validates the arguments of :func:`load_dataset`; returns the resolved leaf type."""
     checks.choice("name", name, DATASETS)
-    checks.choice("leaf", leaf, ("auto", *LEAVES))
+    leaf = leaf_choice(leaf, ("auto", *LEAVES))
     checks.integer("seed", seed, minimum=0, maximum=2**63 - 1)
     if num_samples is not None:
         checks.integer("num_samples", num_samples, minimum=MIN_NUM_SAMPLES)
@@ -107,14 +108,6 @@ def _image_splits(sources: dict[str, RawSplit], seed: int) -> dict[str, RawSplit
             "test": sources["test"]}
 
 
-def _image_preprocessing(leaf: str, max_value: int, raw_train: Tensor) -> Preprocessing:
-    if leaf == "binomial":
-        return Counts(max_value)
-    if leaf == "bernoulli":
-        return Binarize(max_value)
-    return Standardize.fit(raw_train, max_value)
-
-
 def _private_cache_dir() -> Path | None:
     """``data/`` in the package's cache folder, private (:mod:`pyro_spn.folders`); ``None`` (with a warning where
     the folder is unsafe) if there is none."""
@@ -150,12 +143,12 @@ def _load_images(name: str, leaf: str, root: Path, download: bool, seed: int, nu
     if num_samples is not None:
         splits = {key: (x[:num_samples], None if y is None else y[:num_samples]) for key, (x, y) in splits.items()}
     spec = SPECS[name]
-    preprocessing = _image_preprocessing(leaf, spec.max_value, splits["train"][0])
+    preprocessing = image_preprocessing(leaf, spec.max_value, splits["train"][0], seed)
     return Dataset(
         name=name, train=preprocessing(splits["train"][0]), val=preprocessing(splits["val"][0]),
         test=preprocessing(splits["test"][0]), train_labels=splits["train"][1], val_labels=splits["val"][1],
         test_labels=splits["test"][1], event_shape=spec.event_shape,
-        leaf=leaf_from_config({"type": leaf, "total_count": spec.max_value} if leaf == "binomial" else {"type": leaf}),
+        leaf=image_leaf(leaf, spec.max_value),
         is_image=True, preprocessing=preprocessing,
     )
 
@@ -170,13 +163,18 @@ def load_dataset(name: str, *, leaf: str = "auto", root: str | os.PathLike | Non
             ``path:<path>`` for a user's data set (:mod:`pyro_spn.data.custom`: a folder of images, a ``.npy``
             array, an HDF5 file, ``path:<file>#<dataset>`` naming one of its datasets; ``root``, ``download`` and
             ``cache_dir`` do not apply).
-        leaf: ``"binomial"`` (integer counts ``0..total_count``), ``"normal"`` (images: per-feature zero mean and
-            unit variance on the train split; 2-D sets: raw coordinates), ``"bernoulli"`` (images binarized at
-            half range) or ``"auto"``: binomial for images, normal for 2-D sets. 2-D sets accept only normal.
+        leaf: one of ``LEAVES`` (or a family's config name, ``negative_binomial``) or ``"auto"`` (binomial for
+            images, normal for 2-D sets; 2-D sets accept only normal). For images
+            (:func:`~pyro_spn.data.preprocessing.image_preprocessing`): ``"binomial"``, ``"poisson"``,
+            ``"geometric"``, ``"negative-binomial"`` model the integer counts ``0..max_value`` (Binomial and
+            NegativeBinomial with ``total_count = max_value``); ``"normal"`` per-feature zero mean and unit
+            variance on the train split; ``"bernoulli"`` binarized at half range; ``"exponential"``, ``"gamma"``,
+            ``"lognormal"``, ``"beta"`` dequantized into ``(0, 1)``, ``(x + u) / (max_value + 1)`` with uniform
+            noise ``u`` drawn from ``seed``. 2-D sets: raw coordinates.
         root: the folder holding the torchvision-format files (see :mod:`pyro_spn.data.images`), default
             ``data`` in the working folder; unused for the synthetic sets and digits (bundled with scikit-learn).
         download: let torchvision download missing files into ``root``.
-        seed: seeds the synthetic draws and every random split.
+        seed: seeds the synthetic draws, every random split and the dequantization noise.
         num_samples: synthetic sets: the number of points over all splits (default 3000); image sets: keep at
             most the first ``num_samples`` examples of each split (default: all). At least 10.
         cache_dir: folder of the HDF5 cache of decoded images; default ``<root>/cache`` where ``root`` is given,

@@ -5,6 +5,11 @@ shape ``[N, C, H, W]`` in any dtype; raw 2-D data are float coordinates ``[N, 2]
 data to model space (always ``float32``), ``inverse`` maps model-space values back to data units: images
 to floats in ``[0, 1]``, 2-D points to raw coordinates.
 
+Images take one leaf family, by its name on the command line (:data:`IMAGE_LEAVES`; :func:`image_leaf`,
+:func:`image_preprocessing`): integer counts for the count families (Binomial, Poisson, Geometric,
+NegativeBinomial), binarized for Bernoulli, standardized for Normal, and dequantized into ``(0, 1)`` for the
+continuous families of positive or unit-interval support (Exponential, Gamma, LogNormal, Beta).
+
 The state (``state_dict``) is a flat dict of strings, numbers and tensors, so a checkpoint loaded with
 ``torch.load(..., weights_only=True)`` can hold it; ``Preprocessing.from_state_dict`` rebuilds the object.
 """
@@ -18,10 +23,30 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .. import checks
+from ..leaves import (
+    Bernoulli,
+    Beta,
+    Binomial,
+    Exponential,
+    Gamma,
+    Geometric,
+    Leaf,
+    LogNormal,
+    NegativeBinomial,
+    Normal,
+    Poisson,
+)
+
 State = dict[str, Tensor | float | int | str]
 
 _CHUNK = 4096  # rows per chunk: bounds the float temporaries for large image sets (CelebA)
 _MIN_STD = 1e-6  # features whose train std is below this (e.g. always-black corner pixels) keep std 1
+_COUNT_LEAVES = ("binomial", "poisson", "geometric", "negative-binomial")
+_DEQUANTIZED_LEAVES = ("exponential", "gamma", "lognormal", "beta")
+#: The leaf families of image data, by their name on the command line (``pyrospn-train --leaf``).
+IMAGE_LEAVES: tuple[str, ...] = ("binomial", "normal", "bernoulli", "poisson", "geometric", "negative-binomial",
+                                 "exponential", "gamma", "beta", "lognormal")
 
 
 def _map_rows(raw: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -173,3 +198,69 @@ class Standardize(_Scaled):
 
     def _state(self) -> State:
         return {"max_value": self.max_value, "mean": self.mean, "std": self.std}
+
+
+class Dequantize(_Scaled):
+    """Continuous leaves of support ``x >= 0`` or ``[0, 1]`` (Exponential, Gamma, LogNormal, Beta) on images: counts
+    dequantized into the open interval ``(0, 1)``, ``(raw + u) / (max_value + 1)`` with uniform noise ``u`` drawn from
+    ``seed`` (the same input gives the same output), kept within ``[ε, 1 − ε]`` of float32.
+
+    ``inverse(x) = clamp((x (max_value + 1) − ½) / max_value, 0, 1)``: the middle of each count's interval goes back
+    to the count's pixel value.
+    """
+
+    kind = "dequantize"
+
+    def __init__(self, max_value: int, seed: int = 0) -> None:
+        super().__init__(max_value)
+        self.seed = checks.integer("seed", seed, minimum=0, maximum=2**63 - 1)
+
+    def forward(self, raw: Tensor) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        eps = torch.finfo(torch.float32).eps
+
+        def dequantize(chunk: Tensor) -> Tensor:
+            noise = torch.rand(chunk.shape, generator=generator, dtype=torch.float64)
+            return ((chunk.double() + noise) / (self.max_value + 1)).clamp(eps, 1 - eps).float()
+
+        return _map_rows(raw, dequantize)
+
+    def inverse(self, x: Tensor) -> Tensor:
+        return ((x * (self.max_value + 1) - 0.5) / self.max_value).clamp(0.0, 1.0)
+
+    def _state(self) -> State:
+        return {"max_value": self.max_value, "seed": self.seed}
+
+
+def leaf_choice(leaf: object, accepted: tuple[str, ...]) -> str:
+    """``leaf`` as one of the command-line names ``accepted`` (a family's config name, :attr:`Leaf.name`, such as
+    ``negative_binomial``, is taken for its command-line name ``negative-binomial``); ``ValueError`` naming them."""
+    name = leaf.replace("_", "-") if isinstance(leaf, str) else leaf
+    return checks.choice("leaf", name, accepted)
+
+
+def image_leaf(leaf: str, max_value: int) -> Leaf:
+    """The spec of leaf family ``leaf`` (one of :data:`IMAGE_LEAVES`) for images of counts ``0..max_value``:
+    ``Binomial(total_count=max_value)``, ``NegativeBinomial(total_count=max_value)``, the others without
+    hyper-parameters."""
+    specs: dict[str, Leaf] = {
+        "binomial": Binomial(total_count=max_value), "normal": Normal(), "bernoulli": Bernoulli(),
+        "poisson": Poisson(), "geometric": Geometric(), "negative-binomial": NegativeBinomial(total_count=max_value),
+        "exponential": Exponential(), "gamma": Gamma(), "beta": Beta(), "lognormal": LogNormal(),
+    }
+    return specs[checks.choice("leaf", leaf, IMAGE_LEAVES)]
+
+
+def image_preprocessing(leaf: str, max_value: int, raw_train: Tensor, seed: int) -> Preprocessing:
+    """The preprocessing of images of counts ``0..max_value`` for leaf family ``leaf`` (one of
+    :data:`IMAGE_LEAVES`): :class:`Counts` for the count families, :class:`Binarize` for Bernoulli,
+    :class:`Standardize` (fit on ``raw_train`` ``[N, *event_shape]``) for Normal, :class:`Dequantize` (noise from
+    ``seed``) for Exponential, Gamma, LogNormal and Beta."""
+    checks.choice("leaf", leaf, IMAGE_LEAVES)
+    if leaf in _COUNT_LEAVES:
+        return Counts(max_value)
+    if leaf in _DEQUANTIZED_LEAVES:
+        return Dequantize(max_value, seed)
+    if leaf == "bernoulli":
+        return Binarize(max_value)
+    return Standardize.fit(raw_train, max_value)

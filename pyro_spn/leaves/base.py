@@ -21,6 +21,10 @@ own event dims) broadcast them against their values. Draws come in three forms:
   the noise is taken *conditional on it*, so that the relaxed draw is the relaxation of that very draw;
 * straight-through (:func:`straight_through`): the exact draw forward, bit for bit inside the support, and the
   coupled relaxed draw's gradient backward.
+
+EM (:class:`pyro_spn.em.EM`) fits a family through its M-step, :meth:`Leaf.moment_match`: from the expected count
+and expected sufficient statistics of every component, the unconstrained parameters that maximize the expected
+complete log-likelihood ``η·Σ q T(x) − Σ q · A(η)`` (closed forms, or a few Newton steps where there are none).
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ from torch import Tensor
 from torch.distributions import constraints
 
 Params = dict[str, Tensor]
+
+#: The M-steps clamp logits to ``[-MAX_LOGIT, MAX_LOGIT]`` (probabilities within about 1e-13 of 0 and 1) and
+#: log-parameters (log-rates, log-probabilities, log-weights) to ``[LOG_FLOOR, -LOG_FLOOR]``.
+MAX_LOGIT = 30.0
+LOG_FLOOR = -60.0
 
 
 def uniform(shape: torch.Size, like: Tensor) -> Tensor:
@@ -161,12 +170,54 @@ class Leaf(abc.ABC):
         ``ε ~ N(0, 1)`` (then sums of relaxed draws have a closed form); ``None`` otherwise."""
         return None
 
+    # -- EM -------------------------------------------------------------------------------------------
+    @property
+    def maximizable(self) -> bool:
+        """Whether EM can fit the family: it implements :meth:`moment_match`."""
+        return type(self).moment_match is not Leaf.moment_match
+
+    def maximize(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                 min_variance: float) -> Params:
+        """EM's M-step: :meth:`moment_match`, with NaN for the components of zero count (the caller keeps their
+        parameters).
+
+        Args:
+            count: ``[C, F, I, R]`` expected counts of the components (float64, ``>= 0``).
+            total: ``[C, F, I, R, S]`` expected sufficient statistics ``Σ q T(x)`` (float64; for a
+                :class:`~pyro_spn.leaves.Mixed` leaf, each group's first ``S_g`` entries).
+            current: the unconstrained parameters now (the names and shapes of :meth:`init_parameters`).
+            prior: a pseudo-count ``>= 0`` of the discrete families' conjugate priors (see :meth:`moment_match`).
+            min_variance: ``> 0``, the smallest variance of Gaussian leaves (of ``log x`` for log-normal ones).
+
+        Returns:
+            The new unconstrained parameters, float64, the shapes of ``current``.
+        """
+        fitted = self.moment_match(count, total, {name: p.detach().double() for name, p in current.items()},
+                                   prior=prior, min_variance=min_variance)
+        unused = count <= 0
+        return {name: p.masked_fill(unused.reshape(unused.shape + (1,) * (p.dim() - unused.dim())), math.nan)
+                for name, p in fitted.items()}
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """The unconstrained parameters maximizing ``η·total − count·A(η)`` per component (the arguments and result of
+        :meth:`maximize`; ``current`` in float64; entries of zero count may hold any value). Families without an
+        M-step keep this default, which raises ``ValueError``."""
+        raise ValueError(f"leaf: EM has no M-step for {type(self).__name__} leaves")
+
     # -- configs --------------------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
         """The spec as a JSON-serializable dict, ``{"type": name, **hyper-parameters}``
         (:func:`pyro_spn.leaves.leaf_from_config` reads it back)."""
         assert dataclasses.is_dataclass(self)
         return {"type": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+
+def log_ratio(numerator: Tensor, denominator: Tensor, prior: float, bound: float) -> Tensor:
+    """``log(numerator + prior) − log(denominator + prior)`` clamped to ``[-bound, bound]`` (0 where both are 0): the
+    M-step of a log-odds or log-rate (``numerator``, ``denominator`` ``>= 0``, any shape)."""
+    ratio = torch.log(numerator.clamp_min(0.0) + prior) - torch.log(denominator.clamp_min(0.0) + prior)
+    return ratio.nan_to_num(nan=0.0).clamp(-bound, bound)
 
 
 class LogitParameters:
@@ -185,11 +236,23 @@ class LogitParameters:
 
 class LogitLeaf(LogitParameters, Leaf):
     """A family with ``logits`` (:class:`LogitParameters`) and the identity as sufficient statistic
-    (``η = logits``): Bernoulli and Binomial."""
+    (``η = logits``): Bernoulli and Binomial (``trials`` of them)."""
 
     @property
     def num_statistics(self) -> int:
         return 1
+
+    @property
+    @abc.abstractmethod
+    def trials(self) -> int:
+        """The number of trials ``N`` (``x ∈ 0..N``)."""
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """``logits = log(Σx + β) − log(N·count − Σx + β)``, the posterior mode under a ``Beta(β + 1, β + 1)`` prior
+        (``β = prior``), clamped to ``±MAX_LOGIT``."""
+        successes = total[..., 0]
+        return {"logits": log_ratio(successes, self.trials * count - successes, prior, MAX_LOGIT)}
 
     def natural_parameters(self, params: Params) -> Tensor:
         return params["logits"][..., None]

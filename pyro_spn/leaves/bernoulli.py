@@ -25,6 +25,10 @@ class Bernoulli(LogitLeaf):
     def support(self) -> constraints.Constraint:
         return constraints.boolean
 
+    @property
+    def trials(self) -> int:
+        return 1
+
     def log_normalizer(self, params: Params) -> Tensor:
         return F.softplus(params["logits"])
 

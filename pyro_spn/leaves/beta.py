@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,8 +10,39 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from .base import Leaf, Params, safe_log
+from .base import LOG_FLOOR, Leaf, Params, safe_log
 from .gamma import standard_gamma, standard_gamma_rsample
+
+#: Newton steps of the M-step (quadratic convergence from the start of :func:`beta_concentrations`).
+NEWTON_STEPS = 12
+
+
+def beta_concentrations(mean_log: Tensor, mean_log1m: Tensor) -> tuple[Tensor, Tensor]:
+    """The maximum-likelihood ``(α, β)`` of a Beta law from ``a = E[log x]`` and ``b = E[log(1 − x)]`` (equal shapes).
+
+    The log-likelihood ``(α − 1) a + (β − 1) b − log B(α, β)`` is concave (an exponential family in its natural
+    parameters); Newton's method starts from the solution of its stationarity conditions ``ψ(α) − ψ(α + β) = a``,
+    ``ψ(β) − ψ(α + β) = b`` with ``ψ(z) ≈ log(z − ½)`` (Minka, *Estimating a Dirichlet distribution*), and every step
+    is shortened so that it at most halves either concentration.
+    """
+    first, second = mean_log.exp(), mean_log1m.exp()
+    closed = (first + second).clamp(max=1 - 1e-12)  # <= 1 by Jensen's inequality
+    total = (1 - closed / 2) / (1 - closed)
+    alpha, beta = 0.5 + first * (total - 0.5), 0.5 + second * (total - 0.5)
+    for _ in range(NEWTON_STEPS):
+        psi_total, tri_total = torch.digamma(alpha + beta), torch.polygamma(1, alpha + beta)
+        grad_alpha = mean_log - torch.digamma(alpha) + psi_total
+        grad_beta = mean_log1m - torch.digamma(beta) + psi_total
+        h_alpha, h_beta = tri_total - torch.polygamma(1, alpha), tri_total - torch.polygamma(1, beta)
+        det = h_alpha * h_beta - tri_total.square()
+        step_alpha = (tri_total * grad_beta - h_beta * grad_alpha) / det
+        step_beta = (tri_total * grad_alpha - h_alpha * grad_beta) / det
+        inf = torch.full_like(alpha, math.inf)
+        limit = torch.minimum(torch.where(step_alpha < 0, -0.5 * alpha / step_alpha, inf),
+                              torch.where(step_beta < 0, -0.5 * beta / step_beta, inf)).clamp(max=1.0)
+        limit = limit.nan_to_num(nan=0.0)
+        alpha, beta = alpha + limit * step_alpha.nan_to_num(nan=0.0), beta + limit * step_beta.nan_to_num(nan=0.0)
+    return alpha, beta
 
 
 @dataclass(frozen=True)
@@ -62,6 +94,15 @@ class Beta(Leaf):
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return torch.stack([safe_log(x), safe_log(1 - x)], dim=-1)
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """The MLE by :func:`beta_concentrations` of ``E[log x]`` and ``E[log(1 − x)]``; logs clamped to
+        ``±LOG_FLOOR``."""
+        safe = count.clamp_min(torch.finfo(count.dtype).tiny)[..., None]
+        alpha, beta = beta_concentrations(*(total / safe).unbind(-1))
+        return {"log_concentration1": alpha.log().clamp(LOG_FLOOR, -LOG_FLOOR),
+                "log_concentration0": beta.log().clamp(LOG_FLOOR, -LOG_FLOOR)}
 
     @staticmethod
     def _clamp(x: Tensor) -> Tensor:

@@ -41,6 +41,10 @@ class Binomial(LogitLeaf):
     def support(self) -> constraints.Constraint:
         return constraints.integer_interval(0, self.total_count)
 
+    @property
+    def trials(self) -> int:
+        return self.total_count
+
     def log_normalizer(self, params: Params) -> Tensor:
         return self.total_count * F.softplus(params["logits"])
 

@@ -12,7 +12,7 @@ from torch.distributions import constraints
 
 from .. import checks
 from ..gumbel import conditional_gumbel
-from .base import Leaf, Params, uniform
+from .base import LOG_FLOOR, Leaf, Params, uniform
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,13 @@ class Categorical(Leaf):
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return F.one_hot(x.long(), self.num_categories).to(x.dtype)
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """``log p_v = log(count_v + β) − log(count + Vβ)`` (a ``Dirichlet(β + 1)`` prior, ``β = prior``), floored at
+        ``LOG_FLOOR``."""
+        log_probs = torch.log(total.clamp_min(0.0) + prior).clamp_min(LOG_FLOOR)
+        return {"logits": log_probs - log_probs.logsumexp(-1, keepdim=True)}
 
     def log_prob(self, x: Tensor, params: Params) -> Tensor:
         log_probs = params["logits"].log_softmax(-1)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from .base import Leaf, Params, uniform
+from .base import LOG_FLOOR, Leaf, Params, log_ratio, uniform
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,12 @@ class Exponential(Leaf):
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return x[..., None]
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """``log rate = log(count + β) − log(Σx + β)`` (``β = prior``; the MLE ``count / Σx`` at ``β = 0``), clamped to
+        ``±LOG_FLOOR``."""
+        return {"log_rate": log_ratio(count, total[..., 0], prior, -LOG_FLOOR)}
 
     def sample(self, params: Params) -> Tensor:
         with torch.no_grad():

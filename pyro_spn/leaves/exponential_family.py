@@ -13,11 +13,17 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from .. import checks
-from .base import Leaf, Params
+from .base import MAX_LOGIT, Leaf, Params
 
 #: The raw parameters of the reference points that identify a family's sufficient statistics and base measure
 #: (the origin and a unit step along each parameter; see :class:`ExponentialFamily`).
 _PROBE_STEP = 1.0
+#: The M-step's Newton (Fisher-scoring) steps, and the halvings each may take
+#: (see :meth:`ExponentialFamily.moment_match`).
+NEWTON_STEPS = 20
+HALVINGS = 8
+#: The M-step stops early once no component's expected log-likelihood gains more than this, relative to its value.
+TOLERANCE = 1e-10
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,69 @@ class ExponentialFamily(Leaf):
     def log_base_measure(self, x: Tensor) -> Tensor:
         return self._pieces(x)[1]
 
+    # -- EM -------------------------------------------------------------------------------------------
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """The MLE by moment matching, ``∇A(η) = E[T]``, solved by Newton's method from the ``current`` parameters.
+
+        Each of at most :data:`NEWTON_STEPS` steps (fewer once none gains more than :data:`TOLERANCE`) linearizes
+        the moment equations in the raw parameters ``θ``: ``(JᵀΣJ) Δ = Jᵀ(E[T] − ∇A(η))`` with ``J = ∂η/∂θ`` and
+        ``Σ = ∇²A(η)`` (both by autograd of torch's ``_natural_params`` and ``_log_normalizer``; Fisher scoring,
+        which is Newton's method on ``∇A(η) = E[T]`` mapped through ``θ ↦ η``). Natural parameters that fixed
+        hyper-parameters hold constant drop out (their rows of ``J`` vanish). The step is halved (up to
+        :data:`HALVINGS` times, else dropped) until the expected log-likelihood ``η·E[T] − A(η)`` does not decrease,
+        so that EM stays monotone however far it is from converged; the raw parameters stay within ``±MAX_LOGIT``
+        (a component whose optimum lies beyond, such as a Poisson rate of data that are all 0, stops there).
+        ``prior`` and ``min_variance`` do not apply.
+        """
+        target = total / count.clamp_min(torch.finfo(count.dtype).tiny)[..., None]  # [*B, S]
+        raw = torch.stack([current[f"raw_{name}"] for name in self.learnable], dim=-1)  # [*B, P]
+        objective = self._expected_log_likelihood(raw, target)
+        for _ in range(NEWTON_STEPS):
+            raw, improved = self._line_search(raw, self._newton_step(raw, target), target, objective)
+            gain, objective = (improved - objective).nan_to_num(nan=0.0), improved
+            if bool((gain <= TOLERANCE * (1 + objective.abs())).all()):
+                break
+        return {f"raw_{name}": raw[..., k] for k, name in enumerate(self.learnable)}
+
+    def _expected_log_likelihood(self, raw: Tensor, target: Tensor) -> Tensor:
+        """``η·target − A(η)`` ``[*B]`` at raw parameters ``raw [*B, P]`` (``−inf`` where not finite)."""
+        params = self._constrained(raw)
+        value = (self.natural_parameters(params) * target).sum(-1) - self.log_normalizer(params)
+        return torch.where(torch.isfinite(value), value, torch.full_like(value, -math.inf))
+
+    def _newton_step(self, raw: Tensor, target: Tensor) -> Tensor:
+        """The step ``Δ [*B, P]`` of :meth:`moment_match` at ``raw [*B, P]`` towards ``target [*B, S]`` (0 where it is
+        not finite)."""
+        with torch.enable_grad():
+            theta = raw.detach().requires_grad_(True)
+            eta = self.natural_parameters(self._constrained(theta))  # [*B, S]
+            jacobian = _jacobian_rows(eta, theta)  # [*B, S, P]
+            natural = eta.detach().requires_grad_(True)
+            distribution = self.torch_distribution(self._constrained(raw.detach()))
+            log_normalizer = distribution._log_normalizer(*natural.unbind(-1))
+            mean = torch.autograd.grad(log_normalizer.sum(), natural, create_graph=True)[0]  # [*B, S]
+            covariance = _jacobian_rows(mean, natural)  # [*B, S, S]
+        transposed = jacobian.transpose(-1, -2)
+        fisher = transposed @ covariance @ jacobian  # [*B, P, P]
+        gradient = transposed @ (target - mean.detach())[..., None]  # [*B, P, 1]
+        step = torch.linalg.solve_ex(fisher, gradient)[0][..., 0]
+        return torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+
+    def _line_search(self, raw: Tensor, step: Tensor, target: Tensor, objective: Tensor) -> tuple[Tensor, Tensor]:
+        """``(raw + 2⁻ᵏ step, its objective)`` for the smallest ``k < HALVINGS`` whose objective is at least
+        ``objective [*B]``, per component; ``(raw, objective)`` where there is none. The candidates are clamped to
+        ``±MAX_LOGIT`` (so that, e.g., ``exp(raw)`` stays a positive float32)."""
+        accepted = torch.zeros_like(objective, dtype=torch.bool)
+        for k in range(HALVINGS):
+            candidate = (raw + 0.5**k * step).clamp(-MAX_LOGIT, MAX_LOGIT)
+            value = self._expected_log_likelihood(candidate, target)
+            better = ~accepted & (value >= objective) & torch.isfinite(value)
+            raw = torch.where(better[..., None], candidate, raw)
+            objective = torch.where(better, value, objective)
+            accepted |= better
+        return raw, objective
+
     def log_prob_by_pieces(self, x: Tensor, params: Params) -> Tensor:
         """``T(x)·η − A(η) + h(x)`` (what the circuit's matmul computes), for checks."""
         return super().log_prob(x, params)
@@ -235,6 +304,18 @@ class ExponentialFamily(Leaf):
     # -- configs --------------------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
         return {"type": self.name, "distribution": self.distribution, "fixed": dict(self.fixed)}
+
+
+def _jacobian_rows(output: Tensor, inputs: Tensor) -> Tensor:
+    """``∂output_k/∂inputs`` ``[*B, K, D]`` of ``output [*B, K]`` whose entries depend on ``inputs [*B, D]`` of their
+    own batch entry only (a row per ``k``, by autograd; 0 where one does not depend on ``inputs``)."""
+    rows = []
+    for k in range(output.shape[-1]):
+        column = output[..., k]
+        grad = (torch.autograd.grad(column.sum(), inputs, retain_graph=True, allow_unused=True)[0]
+                if column.requires_grad else None)
+        rows.append(torch.zeros_like(inputs) if grad is None else grad)
+    return torch.stack(rows, dim=-2)
 
 
 def _value_inside(reference: D.Distribution, name: str) -> float:

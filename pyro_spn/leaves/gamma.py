@@ -9,7 +9,10 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from .base import Leaf, Params, safe_log
+from .base import LOG_FLOOR, Leaf, Params, safe_log
+
+#: Newton steps of the M-step's shape (each gains about twice the digits; 6 reach float64 precision from Minka's start).
+NEWTON_STEPS = 6
 
 
 def standard_gamma(concentration: Tensor, draw: Tensor) -> Tensor:
@@ -22,6 +25,19 @@ def standard_gamma(concentration: Tensor, draw: Tensor) -> Tensor:
         return draw
     slope = torch._standard_gamma_grad(concentration.detach(), draw)
     return draw + (concentration - concentration.detach()) * slope
+
+
+def gamma_shape(log_mean: Tensor, mean_log: Tensor) -> Tensor:
+    """The maximum-likelihood shape ``α`` of a Gamma law from ``log E[x]`` and ``E[log x]`` (any equal shapes):
+    the root of ``log α − ψ(α) = s``, ``s = log E[x] − E[log x] >= 0``, by Minka's generalized Newton steps
+    ``1/α ← 1/α + (log α − ψ(α) − s) / (α² (1/α − ψ'(α)))`` from ``α₀ = (3 − s + sqrt((s − 3)² + 24 s)) / (12 s)``
+    (*Estimating a Gamma distribution*, 2002), ``s`` floored at 1e-12."""
+    gap = (log_mean - mean_log).clamp_min(1e-12)
+    alpha = (3 - gap + ((gap - 3).square() + 24 * gap).sqrt()) / (12 * gap)
+    for _ in range(NEWTON_STEPS):
+        residual = torch.log(alpha) - torch.digamma(alpha) - gap
+        alpha = 1 / (1 / alpha + residual / (alpha.square() * (1 / alpha - torch.polygamma(1, alpha))))
+    return alpha
 
 
 def standard_gamma_rsample(concentration: Tensor) -> Tensor:
@@ -78,6 +94,16 @@ class Gamma(Leaf):
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         return torch.stack([safe_log(x), x], dim=-1)
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """The MLE: the shape by :func:`gamma_shape` from ``E[log x]`` and ``E[x]``, then ``rate = α / E[x]``; logs
+        clamped to ``±LOG_FLOOR``."""
+        safe = count.clamp_min(torch.finfo(count.dtype).tiny)
+        log_mean = safe_log(total[..., 1] / safe)
+        log_alpha = torch.log(gamma_shape(log_mean, total[..., 0] / safe))
+        return {"log_concentration": log_alpha.clamp(LOG_FLOOR, -LOG_FLOOR),
+                "log_rate": (log_alpha - log_mean).clamp(LOG_FLOOR, -LOG_FLOOR)}
 
     def sample(self, params: Params) -> Tensor:
         with torch.no_grad():

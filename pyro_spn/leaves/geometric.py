@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CountLeaf, LogitParameters, Params, uniform
+from .base import MAX_LOGIT, CountLeaf, LogitParameters, Params, log_ratio, uniform
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,12 @@ class Geometric(LogitParameters, CountLeaf):
 
     def log_normalizer(self, params: Params) -> Tensor:
         return F.softplus(-params["logits"])
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """``logits = log(count + β) − log(Σx + β)`` (``β = prior``; the MLE ``p = count / (count + Σx)`` at ``β = 0``),
+        clamped to ``±MAX_LOGIT``."""
+        return {"logits": log_ratio(count, total[..., 0], prior, MAX_LOGIT)}
 
     def sample(self, params: Params) -> Tensor:
         """``⌊log U / log(1 − p)⌋`` (inversion)."""

@@ -13,6 +13,7 @@ from torch.distributions import constraints
 
 from .. import checks
 from .base import Leaf, Params, safe_log
+from .normal import gaussian_moment_match
 
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) == 1
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
@@ -73,6 +74,12 @@ class LogNormal(Leaf):
 
     def log_base_measure(self, x: Tensor) -> Tensor:
         return -safe_log(x) - _HALF_LOG_TWO_PI
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """:func:`~pyro_spn.leaves.normal.gaussian_moment_match` of ``(log x, log² x)`` (``min_variance`` bounds the
+        variance of ``log x``)."""
+        return gaussian_moment_match(count, total, min_variance, self.min_scale)
 
     def cancellation(self, params: Params) -> Tensor:
         """``3 (loc / scale)²``, as for :class:`~pyro_spn.leaves.Normal` leaves of ``log x``."""

@@ -218,6 +218,24 @@ class Mixed(Leaf):
         pairs = [m for m in moments if m is not None]
         return (self._pick(params["type"], [m[0] for m in pairs]), self._pick(params["type"], [m[1] for m in pairs]))
 
+    # -- EM -------------------------------------------------------------------------------------------
+    @property
+    def maximizable(self) -> bool:
+        """Whether every group's family has an M-step."""
+        return all(leaf.maximizable for leaf in self.leaves)
+
+    def maximize(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                 min_variance: float) -> Params:
+        """Each group's own M-step on its variables and first ``S_g`` statistics (the arguments and result of
+        :meth:`Leaf.maximize`, with ``total`` padded to the largest ``S`` and ``current`` of ``g<group>_`` names)."""
+        out, start = {}, 0
+        for group, (leaf, size) in enumerate(self.groups):
+            own = leaf.maximize(count[:, start:start + size], total[:, start:start + size, ..., :leaf.num_statistics],
+                                self._group_params(current, group), prior=prior, min_variance=min_variance)
+            out.update({f"g{group}_{name}": p for name, p in own.items()})
+            start += size
+        return out
+
     def to_config(self) -> dict[str, Any]:
         return {"type": self.name, "groups": [[leaf.to_config(), size] for leaf, size in self.groups]}
 

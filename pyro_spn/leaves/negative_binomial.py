@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import checks
-from .base import CountLeaf, LogitParameters, Params
+from .base import MAX_LOGIT, CountLeaf, LogitParameters, Params, log_ratio
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ class NegativeBinomial(LogitParameters, CountLeaf):
     def log_base_measure(self, x: Tensor) -> Tensor:
         r = self.total_count
         return torch.lgamma(x + r) - torch.lgamma(torch.ones_like(x) * r) - torch.lgamma(x + 1)
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """``logits = log(Σx + β) − log(r·count + β)`` (``β = prior``; at ``β = 0`` the MLE of ``p`` for the fixed
+        ``r``, whose mean ``r p / (1 − p)`` matches the data's), clamped to ``±MAX_LOGIT``."""
+        return {"logits": log_ratio(total[..., 0], self.total_count * count, prior, MAX_LOGIT)}
 
     def sample(self, params: Params) -> Tensor:
         """A Poisson draw of a Gamma(``r``, odds ``p / (1 − p)``) rate."""

@@ -18,6 +18,21 @@ _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) == 1
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
+def inverse_softplus(y: Tensor) -> Tensor:
+    """``softplus⁻¹(y)`` for ``y > 0``: ``y + log(1 − e^(−y))``."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+def gaussian_moment_match(count: Tensor, total: Tensor, min_variance: float, min_scale: float) -> Params:
+    """``loc = E[t]`` and ``raw_scale = softplus⁻¹(scale − min_scale)`` with ``scale² = max(E[t²] − loc²,
+    min_variance)`` (the maximizer under that constraint) from ``count [*B]`` and ``total = (Σ q t, Σ q t²)``
+    ``[*B, 2]``: the M-step of Normal (``t = x``) and LogNormal (``t = log x``) leaves."""
+    safe = count.clamp_min(torch.finfo(count.dtype).tiny)
+    loc = total[..., 0] / safe
+    variance = (total[..., 1] / safe - loc.square()).clamp_min(min_variance)
+    return {"loc": loc, "raw_scale": inverse_softplus((variance.sqrt() - min_scale).clamp_min(1e-12))}
+
+
 @dataclass(frozen=True)
 class Normal(Leaf):
     """Gaussian leaves ``N(loc, scale)``, reparameterized as ``loc + scale · ε``.
@@ -71,6 +86,11 @@ class Normal(Leaf):
 
     def log_base_measure(self, x: Tensor) -> Tensor:
         return torch.full_like(x, -_HALF_LOG_TWO_PI)
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """:func:`gaussian_moment_match` of ``(x, x²)``."""
+        return gaussian_moment_match(count, total, min_variance, self.min_scale)
 
     def log_prob(self, x: Tensor, params: Params) -> Tensor:
         z = (x - params["loc"]) / params["scale"]

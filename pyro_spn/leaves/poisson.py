@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import CountLeaf, Params
+from .base import LOG_FLOOR, CountLeaf, Params, log_ratio
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,12 @@ class Poisson(CountLeaf):
 
     def log_base_measure(self, x: Tensor) -> Tensor:
         return -torch.lgamma(x + 1)
+
+    def moment_match(self, count: Tensor, total: Tensor, current: Params, *, prior: float,
+                     min_variance: float) -> Params:
+        """``log rate = log(Σx + β) − log(count + β)`` (``β = prior``; the MLE ``Σx / count`` at ``β = 0``), clamped to
+        ``±LOG_FLOOR``."""
+        return {"log_rate": log_ratio(total[..., 0], count, prior, -LOG_FLOOR)}
 
     def sample(self, params: Params) -> Tensor:
         with torch.no_grad():
