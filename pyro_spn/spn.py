@@ -171,9 +171,9 @@ class RatSPN(nn.Module):
         if flat.dim() < 1 or flat.shape[-1] != self.flat_parameter_size:
             raise ValueError(f"flat: expected shape [..., {self.flat_parameter_size}] (the circuit's "
                              f"flat_parameter_size), got {tuple(flat.shape)}")
-        batch = flat.shape[:-1]
-        return {part.name: flat[..., part.offset:part.offset + part.size].reshape(batch + part.shape)
-                for part in self.flat_parameter_layout}
+        batch, layout = flat.shape[:-1], self.flat_parameter_layout
+        pieces = flat.split([part.size for part in layout], dim=-1)  # one concatenation backward, no zero fills
+        return {part.name: piece.reshape(batch + part.shape) for part, piece in zip(layout, pieces, strict=True)}
 
     @property
     def einsum_layers(self) -> list[EinsumLayer]:
