@@ -22,7 +22,7 @@ from . import batching, checks
 from .amortized import region_sums, row_parameters, upward_from_regions_rows, upward_rows
 from .expectations import finite_support
 from .leaves import Leaf, Normal, Params
-from .sampling import FAST, REFERENCE, Interpolation, Rule, mpe, sample, top_down
+from .sampling import FAST, ROWS, Interpolation, Rule, mpe, sample, top_down
 from .spn import RatSPN
 
 
@@ -170,7 +170,7 @@ class CircuitRows:
         """:func:`~pyro_spn.sampling.sample` of ``num`` rows ``[N, *event_shape]`` (given ``evidence``
         ``[N, *event_shape]``; row ``n`` under parameter set ``sets[n]`` if given), chunked."""
         grad = self._records_graph(evidence, temperature)
-        paths = FAST if sets is None else REFERENCE
+        paths = FAST if sets is None else ROWS
         own = batching.sampling_row_bytes(self.spn, rule, interpolation, evidence is not None, paths, grad=grad)
 
         def draw(rows: int, given: Tensor | None, index: Tensor | None) -> Tensor:
@@ -202,7 +202,7 @@ class CircuitRows:
         observed), as :func:`pyro_spn.expectations.variance` does for the circuit's own parameters."""
         spn = self.spn
         grad = self._records_graph(flat)
-        own = batching.sampling_row_bytes(spn, "expected", "unit", True, REFERENCE, grad=grad)
+        own = batching.sampling_row_bytes(spn, "expected", "unit", True, ROWS, grad=grad)
 
         def variance(_: int, x: Tensor, index: Tensor) -> Tensor:
             rows = row_parameters(spn, self._sets_at(index))

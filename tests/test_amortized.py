@@ -215,6 +215,32 @@ def test_conditional_samples_fit_each_element(bernoulli):
         assert goodness_of_fit(counts, probs[:, b]) > 1e-3
 
 
+@pytest.mark.parametrize("method, kwargs", [("sample", {}), ("rsample", {"hard": True}), ("mpe", {})])
+def test_same_noise_same_values_as_the_shared_circuit(make_circuit, method, kwargs):
+    """Every row under the circuit's own parameters: the per-row paths draw what the shared fast paths draw, and
+    (Bernoulli leaves, whose straight-through gradient draws the other components in the forward) the gradients
+    summed over the rows are the circuit's."""
+    spn = make_circuit(Bernoulli(), 5, depth=2, num_repetitions=3, num_sums=3, num_leaves=2)
+    theta = spn.flatten_parameters().detach().expand(40, -1).clone().requires_grad_()
+    shared, amortized = SPNDistribution(spn, **kwargs), SPNDistribution(spn, flat_parameters=theta, **kwargs)
+    if method == "mpe":
+        evidence = torch.bernoulli(torch.full((40, 5), 0.5, dtype=torch.float64))
+        evidence[:, ::2] = float("nan")
+        assert torch.equal(shared.mpe(evidence), amortized.mpe(evidence))
+        return
+    torch.manual_seed(7)
+    expected = getattr(shared, method)((40,))
+    torch.manual_seed(7)
+    drawn = getattr(amortized, method)()
+    assert torch.equal(drawn, expected)
+    if method == "rsample":
+        weights = torch.linspace(-1, 1, 5, dtype=torch.float64)
+        (expected * weights).sum().backward()
+        (drawn * weights).sum().backward()
+        own = torch.cat([p.grad.reshape(-1) for p in spn.parameters()])
+        assert torch.allclose(theta.grad.sum(0), own, atol=1e-10)
+
+
 # -- gradients ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("hard", [True, False])
 @pytest.mark.parametrize("interpolation", ["unit", "region"])

@@ -11,7 +11,7 @@
 
 from .rules import ONE_HOT_RULES, RULES, Rule, select
 from .sampler import mpe, sample
-from .selections import FAST, INTERPOLATIONS, REFERENCE, ChildSelection, Interpolation, Paths, top_down
+from .selections import FAST, INTERPOLATIONS, REFERENCE, ROWS, ChildSelection, Interpolation, Paths, top_down
 
-__all__ = ["FAST", "INTERPOLATIONS", "ONE_HOT_RULES", "REFERENCE", "RULES", "ChildSelection", "Interpolation", "Paths",
-           "Rule", "mpe", "sample", "select", "top_down"]
+__all__ = ["FAST", "INTERPOLATIONS", "ONE_HOT_RULES", "REFERENCE", "ROWS", "RULES", "ChildSelection", "Interpolation",
+           "Paths", "Rule", "mpe", "sample", "select", "top_down"]

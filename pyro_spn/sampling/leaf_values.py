@@ -9,7 +9,6 @@ from torch import Tensor
 
 from ..layers import LeafLayer
 from ..leaves import Params
-from ..leaves.base import straight_through
 from .rules import ONE_HOT_RULES, Rule
 
 
@@ -58,18 +57,23 @@ def selected_index(layer: LeafLayer, leaf_selection: Tensor) -> Tensor:
     return component * layer.num_repetitions + repetition[:, None]
 
 
-def selected_params(layer: LeafLayer, index: Tensor) -> Params:
+def selected_params(layer: LeafLayer, index: Tensor, rows: Params | None = None) -> Params:
     """Parameters of the selected component of every variable, each ``[N, C, F, *E]``; ``index [N, F]`` into
-    ``I·R``."""
+    ``I·R``; from the layer's parameters, or from per-row ones ``rows`` (each ``[N, C, F, I, R, *E]``)."""
     features = torch.arange(layer.num_features, device=index.device)[None, :]
-    return {name: p.flatten(2, 3)[:, features, index].movedim(0, 1) for name, p in layer.params().items()}
+    if rows is None:
+        return {name: p.flatten(2, 3)[:, features, index].movedim(0, 1) for name, p in layer.params().items()}
+    samples = torch.arange(index.shape[0], device=index.device)[:, None, None]
+    channels = torch.arange(layer.num_channels, device=index.device)[None, :, None]
+    return {name: p.flatten(3, 4)[samples, channels, features[:, None], index[:, None]] for name, p in rows.items()}
 
 
 def _straight_through_values(layer: LeafLayer, leaf_selection: Tensor, index: Tensor, value: Tensor,
-                             coupled: Tensor, temperature: Tensor | float) -> Tensor:
+                             coupled: Tensor, temperature: Tensor | float, rows: Params | None = None) -> Tensor:
     """Straight-through leaf values: ``value`` forward; backward, the gradient of the relaxed
-    ``Σ a · x̃`` w.r.t. the selections ``a`` and of the coupled relaxation ``coupled`` w.r.t. the parameters."""
-    moments = layer.leaf.gaussian_relaxation(layer.params())
+    ``Σ a · x̃`` w.r.t. the selections ``a`` and of the coupled relaxation ``coupled`` w.r.t. the parameters (the
+    layer's, or per-row ones ``rows``, each ``[N, C, F, I, R, *E]``)."""
+    moments = None if rows is not None else layer.leaf.gaussian_relaxation(layer.params())
     if moments is not None:
         mean, std = (layer.component_slots(m.detach()) for m in moments)
         term = ContractedSelectionGradient.apply(leaf_selection, layer, mean, std * std, coupled.detach())
@@ -79,7 +83,8 @@ def _straight_through_values(layer: LeafLayer, leaf_selection: Tensor, index: Te
     # Other components enter the gradient only through their values (their selection is 0 forward), so they are
     # drawn without autograd history.
     with torch.no_grad():
-        relaxed = layer.leaf.relaxed(layer.expanded_params((leaf_selection.shape[0],)), temperature)  # [N, C, F, I, R]
+        params = layer.expanded_params((leaf_selection.shape[0],)) if rows is None else rows
+        relaxed = layer.leaf.relaxed(params, temperature)  # [N, C, F, I, R]
         is_selected = F.one_hot(index, a.shape[2] * a.shape[3]).view(a.shape).bool()[:, None]
         relaxed = torch.where(is_selected, coupled[..., None, None], relaxed)
     soft = (a[:, None] * relaxed).sum((-2, -1)) + (coupled - coupled.detach())
@@ -189,19 +194,20 @@ def leaf_values(layer: LeafLayer, leaf_selection: Tensor, rule: Rule, temperatur
 def leaf_values_rows(layer: LeafLayer, leaf_selection: Tensor, rule: Rule, params: Params,
                      temperature: Tensor | float = 1.0) -> Tensor:
     """:func:`leaf_values` under per-row parameters ``params`` (each ``[N, C, F, I, R, *E]``, an amortized circuit):
-    every component's draw (mode, mean) of each row weighted by the selections, ``Σ_{r,i} a_{v,r,i} · x_{v,r,i}``, the
-    reference form (one-hot selections pick exact draws; straight-through draws carry their coupled relaxation's
-    gradient); ``[N, C, F]``."""
+    ``[N, C, F]``. One-hot rules draw one value per variable from its selected component (the same draws as
+    :func:`leaf_values` for the same noise); soft and expected values weight every component's relaxed draw or mean
+    by the selections, ``Σ_{r,i} a_{v,r,i} · x_{v,r,i}``."""
     leaf = layer.leaf
-    if rule == "argmax":
-        values = leaf.mode(params)
-    elif rule == "expected":
-        values = leaf.mean(params)
-    elif rule == "soft":
-        values = leaf.relaxed(params, temperature)
-    else:
-        values = leaf.sample(params)
-        if rule == "straight_through":
-            values = straight_through(values, leaf.relaxed(params, temperature, values))
+    if rule in ONE_HOT_RULES:
+        index = selected_index(layer, leaf_selection)  # [N, F]
+        selected = selected_params(layer, index, params)
+        if rule == "argmax":
+            return leaf.mode(selected)
+        value = leaf.sample(selected)
+        if rule == "exact":
+            return value
+        coupled = leaf.relaxed(selected, temperature, value)
+        return _straight_through_values(layer, leaf_selection, index, value, coupled, temperature, params)
+    values = leaf.mean(params) if rule == "expected" else leaf.relaxed(params, temperature)
     a = layer.variable_selection(leaf_selection)[:, None]  # [N, 1, F, I, R]
     return (a * values).sum((-2, -1))

@@ -127,15 +127,18 @@ def draw_unit_pairs(log_w: Tensor, num_samples: int) -> Tensor:
     """Every sum unit's child pair for each of ``num_samples`` samples, drawn from its weights by inverse CDF.
 
     Args:
-        log_w: ``[R, L, K, Q]`` normalized log-weights.
+        log_w: ``[R, L, K, Q]`` normalized log-weights, or ``[N, R, L, K, Q]`` per sample.
 
     Returns:
         ``[N, R, L, K]`` pair indices in ``0..Q-1`` (no gradient).
     """
-    num_repetitions, num_regions, num_units, num_pairs = log_w.shape
+    num_repetitions, num_regions, num_units, num_pairs = log_w.shape[-4:]
     with torch.no_grad():
-        cdf = log_w.exp().cumsum(-1)  # [R, L, K, Q]
+        cdf = log_w.exp().cumsum(-1)  # [R, L, K, Q], or [N, R, L, K, Q] per sample
         u = torch.rand((num_repetitions, num_regions, num_units, num_samples), dtype=log_w.dtype, device=log_w.device)
+        if log_w.dim() == 5:  # per-sample weights: the same uniforms, one per (sample, unit)
+            targets = (u.permute(3, 0, 1, 2)[..., None] * cdf[..., -1:]).contiguous()
+            return torch.searchsorted(cdf, targets, right=True)[..., 0].clamp_max(num_pairs - 1)
         index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_max(num_pairs - 1)
     return index.permute(3, 0, 1, 2)
 
@@ -166,7 +169,7 @@ def straight_through_units(s: Tensor, log_w: Tensor, pair_ll: Tensor | None, tem
     their draws: the same estimator in law as :func:`per_unit` ``("straight_through")``, on ``[N, L, Q]`` and
     ``[N, R, L, K]`` tensors instead of ``[N, R, L, K, Q]``.
     """
-    num_samples, num_regions = s.shape[0], log_w.shape[1]
+    num_samples, num_regions = s.shape[0], log_w.shape[-3]
     samples = torch.arange(num_samples, device=s.device)
     with torch.no_grad():
         index = draw_unit_pairs(log_w, num_samples)  # [N, R, L, K]
@@ -175,7 +178,10 @@ def straight_through_units(s: Tensor, log_w: Tensor, pair_ll: Tensor | None, tem
         chosen = index[samples, repetition].gather(-1, unit[..., None])[..., 0]  # [N, L]
     left, right = _scatter_pairs(s, index, num_inputs)
     region = torch.arange(num_regions, device=s.device)[None, :]
-    logits = log_w[repetition[:, None], region, unit]  # [N, L, Q]
+    if log_w.dim() == 5:  # per-sample weights
+        logits = log_w[samples[:, None], repetition[:, None], region, unit]  # [N, L, Q]
+    else:
+        logits = log_w[repetition[:, None], region, unit]
     perturbed = conditional_gumbel(logits, chosen)
     soft = ((logits + (perturbed - logits).detach()) / temperature).softmax(-1)
     delta_left, delta_right = _split_pairs(soft - soft.detach(), num_inputs)  # zero forward
@@ -223,6 +229,10 @@ def _tables() -> tuple[Paths, Paths]:
 
 #: ``FAST``: the default table, the fast paths; ``REFERENCE``: the plain paths each entry of ``FAST`` must equal in law.
 FAST, REFERENCE = _tables()
+#: The paths of per-sample weights (an amortized circuit's): :data:`FAST`'s one-hot paths, which take them, and the
+#: reference paths for soft selections (the fused kernel shares one set of weights).
+ROWS = Paths({key: FAST.children[key] if key[0] != "soft" else REFERENCE.children[key] for key in FAST.children},
+             closed_form_leaves=False)
 
 
 def top_down(spn: RatSPN, num_samples: int, rule: Rule, temperature: Tensor | float = 1.0,
@@ -238,8 +248,8 @@ def top_down(spn: RatSPN, num_samples: int, rule: Rule, temperature: Tensor | fl
         interpolation: ``"unit"`` or ``"region"``.
         upward: an upward pass with evidence; every choice is then drawn from its posterior.
         paths: the dispatch table (:data:`REFERENCE` to run the reference paths).
-        rows: per-sample parameters (an amortized circuit, ``N`` sets); the :data:`REFERENCE` paths then run, whatever
-            ``paths`` says (the fast paths share one parameter set).
+        rows: per-sample parameters (an amortized circuit, ``N`` sets); the :data:`ROWS` paths then run, whatever
+            ``paths`` says.
 
     Returns:
         ``[N, R, 2^D, I]``: the selection reaching every leaf component (one-hot over ``(r, i)`` for one-hot rules;
@@ -250,7 +260,7 @@ def top_down(spn: RatSPN, num_samples: int, rule: Rule, temperature: Tensor | fl
         root_logits = spn.root.log_weights().expand(num_samples, spn.num_repetitions)
         log_weights = [layer.log_weights() for layer in layers]
     else:
-        root_logits, log_weights, paths = rows.root, rows.inner, REFERENCE
+        root_logits, log_weights, paths = rows.root, rows.inner, ROWS
     if upward is not None:
         root_logits = root_logits + upward.repetition_log_likelihood
     s = select(root_logits, rule, temperature)[:, :, None, None]  # [N, R, 1, 1]
