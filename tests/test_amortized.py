@@ -169,6 +169,15 @@ def test_expand_plates_and_infer_shapes(bernoulli):
     assert torch.allclose(trace.nodes["x"]["log_prob"], d.log_prob(x[0]))
     with pytest.raises(ValueError, match="covariance_matrix: not available for an amortized circuit"):
         _ = d.covariance_matrix
+    evidence = torch.tensor([1.0, float("nan"), 0.0, float("nan")], dtype=torch.float64)
+    conditional = d.condition(evidence)  # one evidence for every element: batch_shape from the parameters
+    assert conditional.batch_shape == (BATCH,)
+    wide_conditional = conditional.expand((2, BATCH))
+    assert wide_conditional.sample().shape == (2, BATCH, 4)
+    completions = torch.tensor([[1.0, a, 0.0, b] for a in (0.0, 1.0) for b in (0.0, 1.0)], dtype=torch.float64)
+    log_p = wide_conditional.log_prob(completions[:, None, None])  # [4, 2, B]
+    assert torch.allclose(log_p.logsumexp(0), torch.zeros(2, BATCH, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(log_p[:, 0], conditional.log_prob(completions[:, None]))
 
 
 def test_chunked_rows_give_the_same_values(bernoulli):
