@@ -6,7 +6,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .distribution import ConditionalSPNDistribution, SPNDistribution
+    from .conditional import ConditionalSPNDistribution
+    from .distribution import SPNDistribution
     from .spn import RatSPN
 
 __all__ = ["ConditionalSPNDistribution", "RatSPN", "SPNDistribution", "__version__"]
@@ -14,7 +15,7 @@ __version__ = "0.2.0"
 
 # The public classes and their modules, imported on first use: so the console scripts start without importing
 # torch, and an interruption during their start-up is theirs to report (pyro_spn.scripts).
-_LAZY = {"ConditionalSPNDistribution": "distribution", "SPNDistribution": "distribution", "RatSPN": "spn"}
+_LAZY = {"ConditionalSPNDistribution": "conditional", "SPNDistribution": "distribution", "RatSPN": "spn"}
 
 
 def __getattr__(name: str) -> Any:
