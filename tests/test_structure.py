@@ -180,8 +180,20 @@ def _spn(event_shape=6, leaf=_DEFAULT, **overrides):
 @pytest.mark.parametrize("bad,error", [(0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError),
                                        (None, TypeError), ("3", TypeError)])
 def test_bad_hyperparameters(name, bad, error):
+    if bad is None and name in ("depth", "num_repetitions"):  # optional when a structure is given
+        error = ValueError
     with pytest.raises(error, match=name):
         _spn(**{name: bad})
+
+
+def test_a_given_structure_fixes_depth_and_repetitions():
+    trees = random_binary_trees(6, 2, 3, seed=1)
+    spn = RatSPN(6, structure=trees, num_sums=2, num_leaves=2, leaf=Bernoulli())
+    assert (spn.depth, spn.num_repetitions) == (2, 3) and torch.equal(spn.leaf_layer.leaf_slots, trees.leaf_slots)
+    with pytest.raises(ValueError, match="depth=3 disagrees with the structure's depth 2"):
+        RatSPN(6, depth=3, structure=trees, num_sums=2, num_leaves=2, leaf=Bernoulli())
+    with pytest.raises(ValueError, match="structure: a region graph over 6 variables"):
+        RatSPN(7, structure=trees, num_sums=2, num_leaves=2, leaf=Bernoulli())
 
 
 @pytest.mark.parametrize("bad", [nn.Linear(2, 2), "Bernoulli", Bernoulli, None, torch.distributions.Bernoulli(0.5)])

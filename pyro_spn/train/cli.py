@@ -11,6 +11,7 @@ exit with code 2; a non-finite loss exits with code 1, and so does a process of 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,15 @@ from ..command import (
     failure,
     interrupted,
 )
-from ..data import DATASETS
+from ..data import DATASETS, event_shape_of
 from ..data.custom import custom_name
 from ..estimators import ESTIMATORS
 from ..objectives import OBJECTIVES
+from ..region_graphs import read_region_graph, region_trees
 from ..sampling import INTERPOLATIONS
 from ..temperature import KINDS as TEMPERATURES
 from . import distributed
-from .config import DEVICES, LEAVES, MMD_BANDWIDTHS, MODEL_DEFAULTS, MODELS, OPTIMIZERS, TrainConfig
+from .config import DEVICES, LEAVES, MMD_BANDWIDTHS, MODEL_DEFAULTS, MODELS, OPTIMIZERS, STRUCTURES, TrainConfig
 from .sample import SIDES, SavedRun, check_output, write_inpainting, write_samples
 from .trainer import Trainer
 
@@ -80,6 +82,16 @@ _MODEL_DEFAULTS = ", ".join(f"{model}: {objective}, {lr:g}" for model, (objectiv
               help="Sum units K per region.")
 @click.option("--leaves", "num_leaves", type=POSITIVE_INT, default=_DEFAULTS.num_leaves, show_default=True,
               help="Leaf components per leaf region.")
+@click.option("--structure", type=click.Choice(STRUCTURES[:3]), default=_DEFAULTS.structure, show_default=True,
+              help="Region graph: rat (random binary trees), quad-tree (image quad-trees, shifted per repetition) or "
+                   "poon-domingos (random trees drawn from the Poon-Domingos region graph, not its DAG); the last two "
+                   "need images and a circuit over the data alone.")
+@click.option("--structure-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Your own region graph instead of --structure: a JSON list of trees, one per repetition (a node is "
+                   "a list of variable indices or {\"children\": [node, ...]}; see pyro_spn.region_graphs); its trees "
+                   "are the repetitions.")
+@click.option("--pd-delta", type=POSITIVE_INT, default=_DEFAULTS.pd_delta, show_default=True,
+              help="Step in pixels of the Poon-Domingos cuts (--structure poon-domingos).")
 @click.option("--temperature", type=click.Choice(TEMPERATURES), default=_DEFAULTS.temperature, show_default=True,
               help="Gumbel-Softmax temperature: constant (--tau), annealed (from --tau down to --tau-min at "
                    "--tau-rate) or learned (starting at --tau).")
@@ -187,6 +199,9 @@ def train(ctx: click.Context, resume: bool, progress: bool, **options: Any) -> N
                 if ctx.get_parameter_source("dataset") is not ParameterSource.DEFAULT:
                     raise click.UsageError("--data-path and --dataset exclude each other")
                 options["dataset"] = custom_name(data_path)
+            structure_file = options.pop("structure_file")
+            if structure_file is not None:
+                _read_structure_file(ctx, structure_file, options)
             trainer = Trainer(TrainConfig(**options), progress=progress, world=world)
         trainer.fit()
         distributed.stop(world)
@@ -198,6 +213,23 @@ def train(ctx: click.Context, resume: bool, progress: bool, **options: Any) -> N
         raise interrupted("continue from the last finished epoch with --resume") from None
     if world.is_main:
         click.echo(f"run written to {trainer.run_dir}")
+
+
+def _read_structure_file(ctx: click.Context, path: str, options: dict[str, Any]) -> None:
+    """Puts the user's region graph in ``path`` into ``options`` (structure ``user``, its trees as ``region_graph``
+    and their number as ``num_repetitions``), after checking it against the data's variables (errors name the
+    file)."""
+    for name in ("structure", "num_repetitions"):
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT:
+            raise click.UsageError(f"--structure-file and {_option_name(ctx, name)} exclude each other (the file's "
+                                   f"trees are the structure and the repetitions)")
+    trees = read_region_graph(path)
+    shape = event_shape_of(options["dataset"])
+    try:
+        region_trees(trees, math.prod(shape[1:] if len(shape) == 3 else shape), options["depth"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--structure-file {path}: {error}") from None
+    options.update(structure="user", region_graph=trees, num_repetitions=len(trees))
 
 
 def _option_name(ctx: click.Context, name: str) -> str:

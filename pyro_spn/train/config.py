@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from .. import checks
 from ..data import DATASETS, event_shape_of
@@ -13,6 +14,7 @@ from ..data import LEAVES as DATA_LEAVES
 from ..data.custom import is_custom, safe_name
 from ..estimators import ESTIMATORS
 from ..objectives import OBJECTIVES
+from ..region_graphs import region_trees
 from ..sampling import INTERPOLATIONS
 from ..temperature import KINDS as TEMPERATURES
 
@@ -28,6 +30,11 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 MMD_BANDWIDTHS: tuple[str, ...] = ("fixed", "data")
 #: How the circuit's likelihood is maximized: Adam's gradient steps, or mini-batch EM (:mod:`pyro_spn.em`).
 OPTIMIZERS: tuple[str, ...] = ("adam", "em")
+#: The circuit's region graph (:mod:`pyro_spn.region_graphs`): random binary trees (RAT-SPN), image quad-trees, trees
+#: drawn from the Poon-Domingos region graph (not the PD DAG), or the user's trees (``region_graph``).
+STRUCTURES: tuple[str, ...] = ("rat", "quad-tree", "poon-domingos", "user")
+#: The structures that need image data ``(C, H, W)``.
+IMAGE_STRUCTURES: tuple[str, ...] = ("quad-tree", "poon-domingos")
 #: The most latent variables a run may have (more than any data set has values).
 MAX_LATENT_DIM = 2**16
 #: Boolean fields of earlier versions of the config that chose straight-through (true) or soft (false) samples, now
@@ -56,8 +63,18 @@ class TrainConfig:
             private cache folder (``~/.cache/pyro_spn/data``; see :func:`pyro_spn.data.load_dataset`).
         download: download missing data files.
         leaf: the leaf type, ``"auto"`` for the data set's default (``"binomial"``, ``"normal"``, ``"bernoulli"``).
-        depth: circuit depth ``D``; ``None`` for ``min(4, floor(log2 F))`` (``F`` data variables).
-        num_repetitions: ``R``.
+        depth: circuit depth ``D``; ``None`` for ``min(4, floor(log2 F))`` (``F`` data variables), or with structure
+            ``"user"`` for the user's deepest tree.
+        num_repetitions: ``R`` (with structure ``"user"``: the number of the user's trees).
+        structure: the region graph (:data:`STRUCTURES`): ``"rat"`` (random binary trees), ``"quad-tree"`` (shifted
+            quad-trees, :func:`~pyro_spn.region_graphs.quad_tree`), ``"poon-domingos"`` (random trees drawn from the
+            Poon-Domingos region graph with step ``pd_delta``, :func:`~pyro_spn.region_graphs.poon_domingos_trees`;
+            not the PD DAG) or ``"user"`` (the trees in ``region_graph``). Image structures need image data; every
+            structure but ``"rat"`` needs a circuit over the data alone (not objective ``pae``, nor
+            ``class_conditional``).
+        pd_delta: the step in pixels of the Poon-Domingos cuts.
+        region_graph: the user's trees in the JSON shape of :mod:`pyro_spn.region_graphs` (structure ``"user"``;
+            the command line reads them from ``--structure-file``), kept in the config so a run rebuilds its circuit.
         num_sums: ``K``, sum units per region.
         num_leaves: leaf components per leaf region.
         temperature: the Gumbel-Softmax temperature schedule, ``"constant"``, ``"annealed"`` or ``"learned"``.
@@ -107,6 +124,9 @@ class TrainConfig:
     num_repetitions: int = 10
     num_sums: int = 20
     num_leaves: int = 20
+    structure: str = "rat"
+    pd_delta: int = 4
+    region_graph: list[Any] | None = None
     temperature: str = "annealed"
     tau: float = 1.0
     tau_min: float = 0.5
@@ -196,6 +216,7 @@ class TrainConfig:
             self._validate_baseline()
         self._validate_estimator()
         self._validate_optimizer()
+        self._validate_structure()
         if self.objective == "mmd" and self.mmd_adversarial and self.mmd_bandwidths != "fixed":
             raise ValueError("mmd_bandwidths must be fixed with the learned kernel (mmd_adversarial): the data's "
                              f"scale is not its features', got {self.mmd_bandwidths!r}")
@@ -226,6 +247,35 @@ class TrainConfig:
             checks.positive("em_step_size", self.em_step_size)
             if self.em_step_size > 1:
                 raise ValueError(f"em_step_size must be in (0, 1], got {self.em_step_size!r}")
+
+    def _validate_structure(self) -> None:
+        """The structure must suit the data (images for quad-trees and Poon-Domingos trees) and the circuit (over the
+        data alone); the user's trees must be a partition of the data's variables, one tree per repetition."""
+        checks.choice("structure", self.structure, STRUCTURES)
+        checks.integer("pd_delta", self.pd_delta)
+        if (self.structure == "user") != (self.region_graph is not None):
+            raise ValueError(f"region_graph must be given exactly with structure user (--structure-file), got "
+                             f"structure {self.structure!r} and {'a' if self.region_graph is not None else 'no'} "
+                             f"region_graph")
+        if self.structure == "rat":
+            return
+        if self.objective == "pae" or self.class_conditional:
+            raise ValueError(f"structure {self.structure} needs a circuit over the data alone: use structure rat with "
+                             f"objective pae or class_conditional")
+        shape = event_shape_of(self.dataset)
+        if self.structure in IMAGE_STRUCTURES and len(shape) != 3:
+            raise ValueError(f"structure {self.structure} needs image data (C, H, W); data set {self.dataset!r} has "
+                             f"shape {shape}")
+        if self.structure == "user":
+            assert self.region_graph is not None  # checked above
+            num_features = math.prod(shape[1:]) if len(shape) == 3 else math.prod(shape)
+            try:
+                trees = region_trees(self.region_graph, num_features, self.depth)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"region_graph: {error}") from None
+            if trees.num_repetitions != self.num_repetitions:
+                raise ValueError(f"num_repetitions must be the number of the region graph's trees "
+                                 f"({trees.num_repetitions}), got {self.num_repetitions}")
 
     def _validate_baseline(self) -> None:
         """A baseline fixes its objective and has no circuit-only options."""

@@ -17,8 +17,10 @@ from ..joint import JointSPN, MarginalSPNDistribution
 from ..leaves import Categorical, Leaf, Normal, leaf_from_config
 from ..nets import VAE, Generator
 from ..objectives import BANDWIDTH_FACTORS, BANDWIDTHS, ELBOObjective, Objective, make_objective, median_distance
+from ..region_graphs import poon_domingos_trees, quad_tree, region_trees
 from ..sampling import Interpolation
 from ..spn import MAX_PARAMETERS, RatSPN
+from ..structure import RandomBinaryTrees
 from ..temperature import ConstantTemperature, Temperature, make_temperature
 from .config import TrainConfig
 from .pictures import histogram_log_density, save_density_picture, save_image_grid
@@ -98,12 +100,38 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def spn_structure(config: TrainConfig, info: DataInfo) -> RandomBinaryTrees | None:
+    """The region graph of ``config.structure`` for data ``info`` (``None`` for ``"rat"``: the circuit draws its random
+    trees itself), seeded by ``config.seed``: the same config always gives the same graph. Quad-trees and
+    Poon-Domingos trees have ``config.num_repetitions`` trees of depth ``config.depth`` (or :func:`auto_depth`); the
+    user's trees are ``config.region_graph``."""
+    shape = info.event_shape
+    if config.structure == "rat":
+        return None
+    if config.structure == "user":
+        num_features = math.prod(shape[1:]) if len(shape) == 3 else math.prod(shape)
+        return region_trees(config.region_graph or [], num_features, config.depth)
+    if len(shape) != 3:
+        raise ValueError(f"structure {config.structure} needs image data (C, H, W), got shape {shape}")
+    depth = config.depth if config.depth is not None else auto_depth(shape)
+    _, height, width = shape
+    if config.structure == "quad-tree":
+        return quad_tree(height, width, depth, config.num_repetitions, config.seed)
+    return poon_domingos_trees(height, width, config.pd_delta, depth, config.num_repetitions, config.seed)
+
+
 def spn_options(config: TrainConfig, info: DataInfo) -> dict[str, Any]:
-    """The circuit's structure arguments from ``config`` (``depth``: the config's, or :func:`auto_depth` of the
-    data), for data ``info``."""
-    depth = config.depth if config.depth is not None else auto_depth(info.event_shape)
-    return {"depth": depth, "num_repetitions": config.num_repetitions, "num_sums": config.num_sums,
-            "num_leaves": config.num_leaves, "seed": config.seed}
+    """The circuit's structure arguments from ``config`` for data ``info``: ``depth`` (the config's, or
+    :func:`auto_depth` of the data), ``num_repetitions``, ``num_sums``, ``num_leaves``, ``seed``, and unless the
+    structure is ``"rat"`` the region graph of :func:`spn_structure` (``structure``, whose depth and repetitions
+    those are)."""
+    structure = spn_structure(config, info)
+    options: dict[str, Any] = {"num_sums": config.num_sums, "num_leaves": config.num_leaves, "seed": config.seed}
+    if structure is None:
+        depth = config.depth if config.depth is not None else auto_depth(info.event_shape)
+        return {"depth": depth, "num_repetitions": config.num_repetitions, **options}
+    return {"depth": structure.depth, "num_repetitions": structure.num_repetitions, "structure": structure,
+            **options}
 
 
 def extra_variables(config: TrainConfig, info: DataInfo) -> tuple[Leaf, int] | None:
@@ -123,6 +151,7 @@ def spn_num_parameters(config: TrainConfig, info: DataInfo) -> int:
     arithmetic."""
     options = spn_options(config, info)
     del options["seed"]
+    options.pop("structure", None)
     extra = extra_variables(config, info)
     if extra is None:
         return RatSPN.num_parameters(info.event_shape, leaf=info.leaf, **options)
