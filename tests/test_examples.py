@@ -27,6 +27,7 @@ EXAMPLES: list[tuple[str, list[str]]] = [
     ("spn_guide.py", []),
     ("spn_prior_vae.py", []),
     ("autospn_ring.py", []),
+    ("autospn_ring.py", ["--posterior", "four-modes", "--elbo", "trace"]),
     ("conditional_density.py", []),
     ("vae_spn_encoder.py", []),
 ]

@@ -42,8 +42,9 @@ def _component_parameters(spn: RatSPN) -> tuple[Tensor, Tensor]:
     return params["loc"][0], params["scale"][0]
 
 
-def root_from_leaves(spn: RatSPN, leaf_values: Tensor) -> Tensor:
-    """The circuit's root log-value ``[N]`` when every leaf component of every variable has the log-value given.
+def top_inputs_from_leaves(spn: RatSPN, leaf_values: Tensor) -> Tensor:
+    """The log-values of the units that the top sum layer mixes, when every leaf component of every variable has
+    the log-value given: every layer but the last.
 
     Args:
         spn: the circuit.
@@ -51,7 +52,7 @@ def root_from_leaves(spn: RatSPN, leaf_values: Tensor) -> Tensor:
             (``0`` marginalizes a variable; a Normal log-density evaluates it; a log-CDF gives a CDF).
 
     Returns:
-        ``[N]``.
+        ``[N, R, 2, K_in]``: the units of the top region's two halves (``K_in = I`` for depth 1).
     """
     num = leaf_values.shape[0]
     slots = spn.leaf_layer.leaf_slots  # [R, L, M], F marks padding
@@ -60,9 +61,35 @@ def root_from_leaves(spn: RatSPN, leaf_values: Tensor) -> Tensor:
     gathered = padded[:, slots, :, repetition]  # [R, L, M, N, I]
     regions = gathered.sum(2).permute(0, 1, 3, 2).contiguous()  # [R, L, I, N]
     values = regions.permute(3, 0, 1, 2)  # [N, R, L, I]
-    for layer in spn.einsum_layers:
+    for layer in spn.einsum_layers[:-1]:
         values = layer(values)
-    return spn.root(values[:, :, 0, 0])
+    return values
+
+
+def root_from_leaves(spn: RatSPN, leaf_values: Tensor) -> Tensor:
+    """The circuit's root log-value ``[N]`` when every leaf component of every variable has the log-value given
+    (``leaf_values`` ``[N, F, I, R]`` as in :func:`top_inputs_from_leaves`)."""
+    top = spn.einsum_layers[-1](top_inputs_from_leaves(spn, leaf_values))  # [N, R, 1, 1]
+    return spn.root(top[:, :, 0, 0])
+
+
+def top_children(spn: RatSPN) -> tuple[Tensor, Tensor]:
+    """The children of the circuit's top sum layer, as a mixture: the circuit is ``Σ_c π_c q_c`` over
+    ``C = R K_in²`` children, child ``c = (r, i, j)`` the product of unit ``i`` of the top region's first half and
+    unit ``j`` of its second half in repetition ``r``, with ``π_c`` = root weight of ``r`` × top weight of
+    ``(i, j)``.
+
+    Returns:
+        ``(log_weights, children)``: ``[C]`` log ``π_c`` (differentiable) and ``[C, 3]`` the ``(r, i, j)`` of
+        each child, in row-major ``(r, i, j)`` order.
+    """
+    top = spn.einsum_layers[-1]
+    inner = top.log_weights()[:, 0, 0]  # [R, K_in²]
+    log_weights = (spn.root.log_weights()[:, None] + inner).reshape(-1)
+    size = top.num_inputs
+    grid = torch.meshgrid(*(torch.arange(n, device=inner.device) for n in (spn.num_repetitions, size, size)),
+                          indexing="ij")
+    return log_weights, torch.stack([axis.reshape(-1) for axis in grid], dim=1)
 
 
 def component_log_prob(spn: RatSPN, x: Tensor) -> Tensor:
@@ -79,9 +106,10 @@ def component_log_cdf(spn: RatSPN, x: Tensor, upper: bool = False) -> Tensor:
     return torch.special.log_ndtr(-standard if upper else standard)
 
 
-def conditional_log_tails(spn: RatSPN, x: Tensor) -> tuple[Tensor, Tensor]:
+def conditional_log_tails(spn: RatSPN, x: Tensor, children: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The conditional log-CDFs ``log P(X_d ≤ x_d | X_<d = x_<d)`` and log-survival functions
-    ``log P(X_d > x_d | X_<d = x_<d)`` of every variable, in the order of the variables.
+    ``log P(X_d > x_d | X_<d = x_<d)`` of every variable, in the order of the variables, under the circuit or,
+    with ``children``, under one child of its top sum layer per sample (:func:`top_children`).
 
     One upward pass over ``3F`` configurations per sample: the CDF numerators (densities before ``d``, the CDF at
     ``d``), the survival numerators (the survival function at ``d``) and the denominators (densities before ``d``).
@@ -89,6 +117,8 @@ def conditional_log_tails(spn: RatSPN, x: Tensor) -> tuple[Tensor, Tensor]:
     Args:
         spn: a one-channel circuit with Normal leaves over ``(F,)``.
         x: ``[N, F]``.
+        children: ``None``, or ``[N, 3]``: the ``(r, i, j)`` of the top-layer child whose conditionals sample
+            ``n`` takes.
 
     Returns:
         ``(log_cdf, log_survival)``, each ``[N, F]``.
@@ -103,7 +133,16 @@ def conditional_log_tails(spn: RatSPN, x: Tensor) -> tuple[Tensor, Tensor]:
     densities = torch.where(before, log_prob[None], log_prob.new_zeros(()))  # [d, N, F, I, R]
     lower = torch.where(at, log_cdf[None], densities)
     upper = torch.where(at, log_survival[None], densities)
-    roots = root_from_leaves(spn, torch.cat([lower, upper, densities]).flatten(0, 1)).view(3, features, num)
+    leaves = torch.cat([lower, upper, densities]).flatten(0, 1)  # [3 F N, F, I, R]
+    if children is None:
+        roots = root_from_leaves(spn, leaves).view(3, features, num)
+    else:  # a child is the product of its two halves' units: the log-values add
+        top = spn.einsum_layers[-1]
+        halves = top_inputs_from_leaves(spn, leaves).reshape(3, features, num, spn.num_repetitions, 2,
+                                                              top.num_inputs)
+        sample = torch.arange(num, device=x.device)
+        repetition, first, second = children.unbind(1)
+        roots = (halves[:, :, sample, repetition, 0, first] + halves[:, :, sample, repetition, 1, second])
     return (roots[0] - roots[2]).transpose(0, 1), (roots[1] - roots[2]).transpose(0, 1)
 
 
@@ -163,18 +202,18 @@ class _Tails(torch.nn.Module):
         super().__init__()
         self.spn = spn
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return conditional_log_tails(self.spn, x)
+    def forward(self, x: Tensor, children: Tensor | None) -> tuple[Tensor, Tensor]:
+        return conditional_log_tails(self.spn, x, children)
 
 
-def _tails_in_float64(spn: RatSPN, x: Tensor) -> tuple[Tensor, Tensor]:
+def _tails_in_float64(spn: RatSPN, x: Tensor, children: Tensor | None) -> tuple[Tensor, Tensor]:
     """:func:`conditional_log_tails` of ``x`` computed in float64 (differences of nearly equal root values lose
     float32's digits, and the implicit gradient divides by small conditional densities)."""
     params = {f"spn.{name}": p.double() for name, p in spn.named_parameters()}
-    return cast(tuple[Tensor, Tensor], functional_call(_Tails(spn), params, (x.double(),)))
+    return cast(tuple[Tensor, Tensor], functional_call(_Tails(spn), params, (x.double(), children)))
 
 
-def implicit_rsample(spn: RatSPN, x: Tensor) -> Tensor:
+def implicit_rsample(spn: RatSPN, x: Tensor, children: Tensor | None = None) -> Tensor:
     """The exact samples ``x`` ``[N, F]`` with the implicit reparameterization gradient w.r.t. the circuit's
     parameters: the value is ``x``; backward, ``dx/dθ = −J⁻¹ ∂G/∂θ`` with ``J = ∂G/∂x`` lower triangular.
 
@@ -186,6 +225,8 @@ def implicit_rsample(spn: RatSPN, x: Tensor) -> Tensor:
     Args:
         spn: a one-channel circuit with Normal leaves over ``(F,)``.
         x: exact samples of the circuit, ``[N, F]``, without gradient.
+        children: ``None``, or ``[N, 3]``: sample ``n`` is an exact sample of the top-layer child ``(r, i, j)``
+            (:func:`top_children`) and is reparameterized through that child's conditional CDFs.
 
     Returns:
         ``[N, F]``, equal to ``x``.
@@ -193,7 +234,7 @@ def implicit_rsample(spn: RatSPN, x: Tensor) -> Tensor:
     if not torch.is_grad_enabled() or not any(p.requires_grad for p in spn.parameters()):
         return x
     point = x.detach().double().requires_grad_(True)
-    log_cdf, log_survival = _tails_in_float64(spn, point)
+    log_cdf, log_survival = _tails_in_float64(spn, point, children)
     log_u = torch.where(log_cdf.detach() < -math.log(2.0), log_cdf, log_survival)  # [N, F]
     rows = [torch.autograd.grad(log_u[:, d].sum(), point, retain_graph=True)[0] for d in range(x.shape[1])]
     jacobian = torch.stack(rows, dim=1).tril()  # [N, F, F]: d log u_d / d x_j
