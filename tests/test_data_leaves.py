@@ -12,6 +12,7 @@ import torch
 from pyro_spn import RatSPN
 from pyro_spn.data import LEAVES, Dequantize, Preprocessing, load_custom, load_dataset
 from pyro_spn.leaves import Beta, Exponential, Gamma, Geometric, Leaf, LogNormal, NegativeBinomial, Poisson
+from pyro_spn.train.model import DataInfo
 
 COUNT_LEAVES: dict[str, Leaf] = {"poisson": Poisson(), "geometric": Geometric(),
                                  "negative-binomial": NegativeBinomial(total_count=16)}
@@ -77,3 +78,26 @@ def test_unknown_leaf_names_list_the_accepted_ones(tmp_path: Path) -> None:
         load_dataset("2-moons", leaf="poisson")
     with pytest.raises(ValueError, match="seed"):
         Dequantize(16, seed=-1)
+
+
+@pytest.mark.parametrize("leaf", sorted({**COUNT_LEAVES, **CONTINUOUS_LEAVES, "binomial": None, "bernoulli": None}))
+def test_sample_based_objectives_see_pixels_in_the_unit_interval(tmp_path: Path, leaf: str) -> None:
+    """The scale that the discriminator, the kernels and the reconstruction loss divide model-space data by:
+    ``max_value`` for every count family (not only Binomial), 1 where the data already lie in ``[0, 1]``; a
+    checkpoint's data description keeps it, and one of an earlier version without it falls back to the Binomial
+    ``total_count``."""
+    d = load_dataset("digits", leaf=leaf, num_samples=20, cache_dir=tmp_path)
+    assert d.scale == (16.0 if leaf in COUNT_LEAVES or leaf == "binomial" else 1.0)
+    scaled = d.train / d.scale
+    assert 0 <= scaled.min() and scaled.max() <= 1
+    info = DataInfo.of(d)
+    assert info.scale == d.scale
+    restored = DataInfo.from_state_dict(torch.load(_saved(tmp_path, info.state_dict()), weights_only=True))
+    assert restored.scale == d.scale and restored == info
+    earlier = {key: value for key, value in info.state_dict().items() if key != "data_scale"}
+    assert DataInfo.from_state_dict(earlier).scale == (16.0 if leaf == "binomial" else 1.0)
+
+
+def _saved(tmp_path: Path, state: dict) -> Path:
+    torch.save(state, tmp_path / "info.pt")
+    return tmp_path / "info.pt"

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..leaves import Binomial, Leaf
-from .preprocessing import Preprocessing
+from ..leaves import Leaf
+from .preprocessing import Counts, Preprocessing
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -18,10 +18,11 @@ class DatasetNotFoundError(FileNotFoundError):
     """
 
 
-def model_scale(leaf: Leaf) -> float:
-    """Model-space data of leaf family ``leaf`` divided by it are pixels in ``[0, 1]`` (images): the Binomial
-    ``total_count``, 1 for the other families (Bernoulli data are ``{0, 1}``, standardized data stay as they are)."""
-    return float(leaf.total_count) if isinstance(leaf, Binomial) else 1.0
+def model_scale(preprocessing: Preprocessing) -> float:
+    """Model-space data divided by it are pixels in ``[0, 1]`` (images): ``max_value`` for integer counts (the
+    Binomial, Poisson, Geometric and NegativeBinomial leaves), 1 for every other preprocessing (binarized and
+    dequantized data already lie in ``[0, 1]``, standardized data and 2-D points stay as they are)."""
+    return float(preprocessing.max_value) if isinstance(preprocessing, Counts) else 1.0
 
 
 @dataclass
@@ -67,5 +68,5 @@ class Dataset:
 
     @property
     def scale(self) -> float:
-        """:func:`model_scale` of the data's leaf family: model-space images divided by it lie in ``[0, 1]``."""
-        return model_scale(self.leaf)
+        """:func:`model_scale` of the data's preprocessing: model-space images divided by it lie in ``[0, 1]``."""
+        return model_scale(self.preprocessing)

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data import Dataset, Preprocessing, model_scale
+from ..data import Dataset, Preprocessing
 from ..distribution import SPNDistribution
 from ..joint import JointSPN, MarginalSPNDistribution
-from ..leaves import Categorical, Leaf, Normal, leaf_from_config
+from ..leaves import Binomial, Categorical, Leaf, Normal, leaf_from_config
 from ..nets import VAE, Generator
 from ..objectives import BANDWIDTH_FACTORS, BANDWIDTHS, ELBOObjective, Objective, make_objective, median_distance
 from ..region_graphs import poon_domingos_trees, quad_tree, region_trees
@@ -49,6 +49,9 @@ class DataInfo:
         num_classes: the number of class labels (``None`` for data sets without labels).
         median_distance: the median pairwise distance of the training data divided by :attr:`scale` (the scale of
             data-scaled MMD kernels; ``None`` in checkpoints of earlier versions).
+        data_scale: model-space data divided by it lie in ``[0, 1]`` for images
+            (:func:`~pyro_spn.data.model_scale` of the preprocessing; ``None`` in checkpoints of earlier versions,
+            see :attr:`scale`).
     """
 
     name: str
@@ -57,22 +60,28 @@ class DataInfo:
     is_image: bool
     num_classes: int | None = None
     median_distance: float | None = None
+    data_scale: float | None = None
 
     @classmethod
     def of(cls, dataset: Dataset) -> DataInfo:
         labels = dataset.train_labels
         num_classes = None if labels is None else int(labels.max()) + 1
         return cls(dataset.name, tuple(dataset.event_shape), dataset.leaf, dataset.is_image, num_classes,
-                   median_distance(dataset.train / model_scale(dataset.leaf)))
+                   median_distance(dataset.train / dataset.scale), dataset.scale)
 
     @property
     def scale(self) -> float:
-        """Model-space data divided by it lie in ``[0, 1]`` for images (the Binomial ``total_count``, else 1)."""
-        return model_scale(self.leaf)
+        """Model-space data divided by it lie in ``[0, 1]`` for images: :attr:`data_scale`, or where it is unknown
+        (a checkpoint of an earlier version, whose count data were all Binomial) the Binomial ``total_count``,
+        else 1."""
+        if self.data_scale is not None:
+            return self.data_scale
+        return float(self.leaf.total_count) if isinstance(self.leaf, Binomial) else 1.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "event_shape": list(self.event_shape), "leaf": self.leaf.to_config(),
-                "is_image": self.is_image, "num_classes": self.num_classes, "median_distance": self.median_distance}
+                "is_image": self.is_image, "num_classes": self.num_classes, "median_distance": self.median_distance,
+                "data_scale": self.data_scale}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> DataInfo:
@@ -82,7 +91,7 @@ class DataInfo:
         if isinstance(leaf, str):
             leaf = {"type": leaf, **({"total_count": state["total_count"]} if leaf == "binomial" else {})}
         return cls(state["name"], tuple(state["event_shape"]), leaf_from_config(leaf), bool(state["is_image"]),
-                   state.get("num_classes"), state.get("median_distance"))
+                   state.get("num_classes"), state.get("median_distance"), state.get("data_scale"))
 
 
 def auto_depth(event_shape: tuple[int, ...]) -> int:
